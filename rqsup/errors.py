@@ -1,0 +1,133 @@
+"""One error root for rqsup.
+
+Scripts return stable negative codes (:class:`Code`); :func:`raise_for_code`
+turns them into the domain exceptions below, never into TypeError.
+Errors raised by processors cross to the worker (and later over a pipe) as a
+plain dict made by :func:`error_info`.
+"""
+
+from __future__ import annotations
+
+import traceback
+from enum import IntEnum
+from typing import Any
+
+
+class Code(IntEnum):
+    """Return codes shared by every Lua script (see docs/redis-schema.md)."""
+
+    OK = 0
+    JOB_NOT_FOUND = -1
+    LEASE_LOST = -2
+    JOB_NOT_ACTIVE = -3
+    WRONG_STATE = -4
+    ACTIVE_JOBS = -5
+
+
+class RqsupError(Exception):
+    """Root of every error rqsup raises on purpose."""
+
+
+class InvalidOption(RqsupError, ValueError):
+    """A job, queue or worker option has a bad value; the message names it."""
+
+
+class EncodeError(RqsupError, ValueError):
+    """Job data or a result cannot be encoded as JSON; nothing was written."""
+
+
+class JobError(RqsupError):
+    """An operation on one job was refused."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobNotFound(JobError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, f"job {job_id} does not exist")
+
+
+class LeaseLost(JobError):
+    """The caller's fencing token no longer owns the job: its writes are refused."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, f"lease of job {job_id} was lost (another token owns it)")
+
+
+class JobNotActive(LeaseLost):
+    """The job is no longer active at all (finished, requeued or removed)."""
+
+    def __init__(self, job_id: str) -> None:
+        JobError.__init__(self, job_id, f"job {job_id} is not active any more")
+
+
+class JobStateError(JobError):
+    """The job is in a state where the operation makes no sense."""
+
+    def __init__(self, job_id: str, operation: str, state: str) -> None:
+        super().__init__(job_id, f"cannot {operation} job {job_id}: it is {state}")
+        self.operation = operation
+        self.state = state
+
+
+class ActiveJobsError(RqsupError):
+    """Obliterate refused because jobs are still running."""
+
+
+class MalformedJob(JobError):
+    """A job hash in Redis does not have the shape rqsup writes."""
+
+    def __init__(self, job_id: str, detail: str) -> None:
+        super().__init__(job_id, f"job {job_id} is malformed: {detail}")
+        self.detail = detail
+
+
+class UnrecoverableError(RqsupError):
+    """Raised by a processor to fail the job at once, skipping remaining attempts."""
+
+
+class JobFailed(RqsupError):
+    """A waited-for job ended failed; carries the remote error."""
+
+    def __init__(
+        self, job_id: str, error_type: str, message: str, stacktrace: str | None
+    ) -> None:
+        super().__init__(f"job {job_id} failed: {error_type}: {message}")
+        self.job_id = job_id
+        self.error_type = error_type
+        self.message = message
+        self.stacktrace = stacktrace
+
+
+class ScriptError(RqsupError):
+    """A script answered with a code rqsup does not know (a version mismatch)."""
+
+
+def raise_for_code(code: int, job_id: str = "", operation: str = "", state: str = "") -> None:
+    """Turn a script's negative return code into a typed exception."""
+    if code >= 0:
+        return
+    if code == Code.JOB_NOT_FOUND:
+        raise JobNotFound(job_id)
+    if code == Code.LEASE_LOST:
+        raise LeaseLost(job_id)
+    if code == Code.JOB_NOT_ACTIVE:
+        raise JobNotActive(job_id)
+    if code == Code.WRONG_STATE:
+        raise JobStateError(job_id, operation, state or "in another state")
+    if code == Code.ACTIVE_JOBS:
+        raise ActiveJobsError("the queue has active jobs; pass force=True to obliterate anyway")
+    raise ScriptError(f"unknown return code {code} from {operation or 'script'}")
+
+
+def error_info(exc: BaseException, stack_limit: int = 30) -> dict[str, Any]:
+    """Describe an exception as plain data: type, message and a bounded stack trace."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=stack_limit))
+    return {
+        "type": type(exc).__qualname__,
+        "message": str(exc) or type(exc).__qualname__,
+        "stacktrace": tb[-8000:],
+        "unrecoverable": isinstance(exc, UnrecoverableError),
+    }

@@ -1,0 +1,153 @@
+"""The only place Redis key names are built.
+
+Every key of a queue is ``<prefix>:{<queue>}:<suffix>``. The braces are a Redis
+Cluster hash tag: all keys of one queue land on one slot, so every script that
+touches several of them is cluster-safe. Job keys are ``<base>:job:<id>`` so a
+job id can never collide with a queue-level suffix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Queue-level key suffixes, in the order the scripts' headers refer to them.
+QUEUE_SUFFIXES = (
+    "id",  # STRING: auto-increment job id counter
+    "meta",  # HASH: paused, schema version
+    "wait",  # LIST: ready jobs; LPUSH by producers, RPOP by claimers
+    "prioritized",  # ZSET: ready jobs with a priority
+    "pc",  # STRING: priority counter (FIFO inside one priority)
+    "delayed",  # ZSET: score = due time (ms, server clock)
+    "active",  # ZSET: score = lease deadline (ms, server clock)
+    "completed",  # ZSET: score = finished time (ms)
+    "failed",  # ZSET: score = finished time (ms)
+    "waiting-children",  # ZSET: parents waiting for children (flows)
+    "marker",  # ZSET: wake-up marker for blocked workers
+    "events",  # STREAM: capped event log
+    "fence",  # STRING: monotonic fencing-token counter
+    "stall-check",  # STRING: one stall sweep per interval, cluster-wide
+)
+
+_FORBIDDEN_IN_NAMES = set("{}:\r\n\0 ")
+
+
+def validate_name(kind: str, value: str) -> str:
+    """Refuse names that would break the key layout, naming what is wrong."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{kind} must be a non-empty string, got {value!r}")
+    bad = sorted(set(value) & _FORBIDDEN_IN_NAMES)
+    if bad:
+        raise ValueError(f"{kind} {value!r} must not contain {''.join(bad)!r}")
+    if len(value) > 200:
+        raise ValueError(f"{kind} {value[:20]!r}... is longer than 200 characters")
+    return value
+
+
+def validate_job_id(job_id: str) -> str:
+    """A custom job id is any short string without ':' or whitespace.
+
+    Purely numeric custom ids are refused: they could collide with the
+    auto-increment counter (BullMQ has the same rule).
+    """
+    if not isinstance(job_id, str) or not job_id:
+        raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
+    if job_id.isdigit():
+        raise ValueError(f"job_id {job_id!r} must not be all digits (reserved for auto ids)")
+    bad = sorted(set(job_id) & _FORBIDDEN_IN_NAMES)
+    if bad:
+        raise ValueError(f"job_id {job_id!r} must not contain {''.join(bad)!r}")
+    if len(job_id) > 200:
+        raise ValueError(f"job_id {job_id[:20]!r}... is longer than 200 characters")
+    return job_id
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Key names of one queue. Build once per queue, reuse everywhere."""
+
+    prefix: str
+    queue: str
+
+    def __post_init__(self) -> None:
+        validate_name("prefix", self.prefix)
+        validate_name("queue name", self.queue)
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{{{self.queue}}}"
+
+    def key(self, suffix: str) -> str:
+        return f"{self.base}:{suffix}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.base}:job:{job_id}"
+
+    def logs(self, job_id: str) -> str:
+        return f"{self.base}:job:{job_id}:logs"
+
+    @property
+    def job_prefix(self) -> str:
+        """Prefix that scripts append a job id to (they never invent other keys)."""
+        return f"{self.base}:job:"
+
+    def glob(self) -> str:
+        """SCAN pattern matching every key of this queue."""
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.base)
+        return escaped + ":*"
+
+    # Named accessors for readability at call sites.
+    @property
+    def id(self) -> str:
+        return self.key("id")
+
+    @property
+    def meta(self) -> str:
+        return self.key("meta")
+
+    @property
+    def wait(self) -> str:
+        return self.key("wait")
+
+    @property
+    def prioritized(self) -> str:
+        return self.key("prioritized")
+
+    @property
+    def pc(self) -> str:
+        return self.key("pc")
+
+    @property
+    def delayed(self) -> str:
+        return self.key("delayed")
+
+    @property
+    def active(self) -> str:
+        return self.key("active")
+
+    @property
+    def completed(self) -> str:
+        return self.key("completed")
+
+    @property
+    def failed(self) -> str:
+        return self.key("failed")
+
+    @property
+    def waiting_children(self) -> str:
+        return self.key("waiting-children")
+
+    @property
+    def marker(self) -> str:
+        return self.key("marker")
+
+    @property
+    def events(self) -> str:
+        return self.key("events")
+
+    @property
+    def fence(self) -> str:
+        return self.key("fence")
+
+    @property
+    def stall_check(self) -> str:
+        return self.key("stall-check")

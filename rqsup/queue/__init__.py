@@ -1,0 +1,1 @@
+"""The Redis data model: producers, admin, events. Never imports rqsup.supervisor."""

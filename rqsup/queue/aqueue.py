@@ -1,0 +1,201 @@
+"""The asyncio producer API: :class:`AsyncQueue` and :class:`AsyncJob`.
+
+Same operations as :class:`rqsup.Queue` (see its docstrings), awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aredis
+
+from rqsup.queue import codec
+from rqsup.queue.connection import async_client
+from rqsup.queue.core import QueueCore
+from rqsup.queue.drivers import AsyncDriver
+from rqsup.queue.record import JobRecord
+from rqsup.queue.waiters import (
+    CHECK_INTERVAL_S,
+    AsyncEventReader,
+    Outcome,
+    outcome_from_record,
+    resolve,
+)
+
+
+class AsyncQueue:
+    """A queue, for asyncio code. See :class:`rqsup.Queue`."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str | None = None,
+        *,
+        connection: aredis.Redis | None = None,
+        prefix: str = "rqsup",
+        default_job_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.core = QueueCore(name, prefix, default_job_options)
+        self.client = connection if connection is not None else async_client(url)
+        self._own_client = connection is None
+        self._driver = AsyncDriver(self.client)
+
+    @property
+    def name(self) -> str:
+        return self.core.name
+
+    def __repr__(self) -> str:
+        return f"AsyncQueue({self.core.name!r}, prefix={self.core.prefix!r})"
+
+    async def close(self) -> None:
+        if self._own_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> AsyncQueue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def add(self, name: str, data: Any = None, **options: Any) -> AsyncJob:
+        spec = self.core.spec(name, data, options)
+        [(job_id, _created, event_id)] = await self._driver.drive(self.core.op_add([spec]))
+        return self._job_after_add(job_id, spec.args, event_id)
+
+    async def add_bulk(self, jobs: Iterable[Any]) -> list[AsyncJob]:
+        specs = self.core.specs_from_bulk(jobs)
+        added = await self._driver.drive(self.core.op_add(specs))
+        return [
+            self._job_after_add(job_id, s.args, ev)
+            for s, (job_id, _c, ev) in zip(specs, added, strict=True)
+        ]
+
+    def _job_after_add(self, job_id: str, args: tuple[Any, ...], event_id: str) -> AsyncJob:
+        raw = {"name": args[1], "data": args[2], "opts": args[3], "attempts": str(args[7])}
+        return AsyncJob(job_id, raw, self, event_id)
+
+    async def call(
+        self, name: str, data: Any = None, timeout: float | None = 30.0, **options: Any
+    ) -> Any:
+        job = await self.add(name, data, **options)
+        return await self.wait_for(job.id, timeout, job.added_event or None)
+
+    async def wait_for(
+        self, job_id: str, timeout: float | None = None, after_id: str | None = None
+    ) -> Any:
+        reader = await AsyncEventReader.for_queue(self.client, self.core.keys.events, after_id)
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+        def slot(outcome: Outcome) -> None:
+            if not fut.done():
+                fut.set_result(outcome)
+
+        early = reader.book.register(job_id, slot)
+        if early is not None:
+            return resolve(job_id, early)
+        try:
+            if after_id is None:
+                rec = await self._driver.drive(self.core.op_finished(job_id))
+                if rec is not None:
+                    return resolve(job_id, outcome_from_record(rec))
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
+            while True:
+                step = CHECK_INTERVAL_S
+                if deadline is not None:
+                    step = min(step, deadline - loop.time())
+                    if step <= 0:
+                        raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
+                done, _ = await asyncio.wait([fut], timeout=step)
+                if done:
+                    return resolve(job_id, fut.result())
+                rec = await self._driver.drive(self.core.op_finished(job_id))
+                if rec is not None:
+                    return resolve(job_id, outcome_from_record(rec))
+        finally:
+            reader.book.unregister(job_id, slot)
+
+    async def get_job(self, job_id: str) -> AsyncJob | None:
+        rec = await self._driver.drive(self.core.op_get_record(job_id))
+        return None if rec is None else AsyncJob(rec.id, rec.raw, self)
+
+    async def get_jobs(self, state: str, start: int = 0, end: int = -1) -> list[AsyncJob]:
+        recs = await self._driver.drive(self.core.op_get_records(state, start, end))
+        return [AsyncJob(r.id, r.raw, self) for r in recs]
+
+    async def counts(self) -> dict[str, int]:
+        return await self._driver.drive(self.core.op_counts())
+
+    async def is_paused(self) -> bool:
+        return await self._driver.drive(self.core.op_is_paused())
+
+    async def pause(self) -> None:
+        await self._driver.drive(self.core.op_pause(True))
+
+    async def resume(self) -> None:
+        await self._driver.drive(self.core.op_pause(False))
+
+    async def drain(self, delayed: bool = False) -> int:
+        return await self._driver.drive(self.core.op_drain(delayed))
+
+    async def clean(self, grace: float, limit: int = 1000, state: str = "completed") -> list[str]:
+        return await self._driver.drive(self.core.op_clean(round(grace * 1000), limit, state))
+
+    async def obliterate(self, force: bool = False) -> None:
+        await self._driver.drive(self.core.op_obliterate(force))
+
+    async def retry_jobs(self, state: str = "failed", count: int | None = None) -> int:
+        return await self._driver.drive(self.core.op_retry_jobs(state, count))
+
+    async def promote_jobs(self, count: int | None = None) -> int:
+        return await self._driver.drive(self.core.op_promote_jobs(count))
+
+    async def set_max_events(self, max_events: int) -> None:
+        await self._driver.drive(self.core.op_set_max_events(max_events))
+
+
+@dataclass(repr=False)
+class AsyncJob(JobRecord):
+    """A job of an :class:`AsyncQueue`; see :class:`rqsup.Job`."""
+
+    queue: AsyncQueue = field(default=None)  # type: ignore[assignment]
+    added_event: str = ""
+
+    def __repr__(self) -> str:
+        return f"AsyncJob(id={self.id!r}, name={self.name!r}, queue={self.queue.name!r})"
+
+    async def refresh(self) -> AsyncJob:
+        rec = await self.queue._driver.drive(self.queue.core.op_require_record(self.id))
+        self.raw = rec.raw
+        return self
+
+    async def state(self) -> str:
+        return await self.queue._driver.drive(self.queue.core.op_state(self.id))
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        return await self.queue.wait_for(self.id, timeout)
+
+    async def logs(self, start: int = 0, end: int = -1) -> list[str]:
+        return await self.queue._driver.drive(self.queue.core.op_logs(self.id, start, end))
+
+    async def change_delay(self, delay: float) -> None:
+        await self.queue._driver.drive(self.queue.core.op_change_delay(self.id, delay))
+
+    async def change_priority(self, priority: int, lifo: bool = False) -> None:
+        await self.queue._driver.drive(self.queue.core.op_change_priority(self.id, priority, lifo))
+
+    async def promote(self) -> None:
+        await self.queue._driver.drive(self.queue.core.op_promote(self.id))
+
+    async def retry(self, state: str = "failed") -> None:
+        await self.queue._driver.drive(self.queue.core.op_retry(self.id, state))
+
+    async def remove(self) -> None:
+        await self.queue._driver.drive(self.queue.core.op_remove(self.id))
+
+    async def update_data(self, data: Any) -> None:
+        await self.queue._driver.drive(self.queue.core.op_update_data(self.id, data))
+        self.raw = {**self.raw, "data": codec.encode(data, "data")}

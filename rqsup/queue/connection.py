@@ -1,0 +1,38 @@
+"""Redis clients made by rqsup, with settings chosen for a job queue."""
+
+from __future__ import annotations
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+DEFAULT_URL = "redis://localhost:6379/0"
+
+#: One quick retry covers a pooled connection that went stale (Redis restart);
+#: more would hide outages. Every write script is safe to repeat (fenced or
+#: idempotent) except an auto-id add, which may then add a second job.
+_RETRIES = 1
+#: Blocking reads wait at most a few seconds, so this only catches dead peers.
+SOCKET_TIMEOUT_S = 30.0
+
+
+def sync_client(url: str | None) -> redis.Redis:
+    return redis.Redis.from_url(
+        url or DEFAULT_URL,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=5.0,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
+        health_check_interval=30,
+    )
+
+
+def async_client(url: str | None) -> aredis.Redis:
+    return aredis.Redis.from_url(
+        url or DEFAULT_URL,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=5.0,
+        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
+        health_check_interval=30,
+    )

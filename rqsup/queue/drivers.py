@@ -1,0 +1,139 @@
+"""Run operations (generators of requests) on a sync or an asyncio redis-py client.
+
+This is the only I/O layer of the producer API; the two drivers mirror each
+other and hold no queue logic. A driver loads every script once, up front,
+so that a pipeline never meets NOSCRIPT half-way (re-running the missing
+calls afterwards would reorder them); after a Redis restart it loads them all
+again and re-runs only the calls that did not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aredis
+from redis.exceptions import NoScriptError
+
+from rqsup.queue.scripts import SCRIPTS, Command, Op, Request, Script
+
+T = TypeVar("T")
+
+
+def _eval_args(s: Script) -> tuple[Any, ...]:
+    return ("EVALSHA", SCRIPTS[s.name].sha, len(s.keys), *s.keys, *s.args)
+
+
+def _run(client: redis.Redis, *args: Any) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+async def _arun(client: aredis.Redis, *args: Any) -> Any:
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _check(results: list[Any]) -> list[Any]:
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results
+
+
+class SyncDriver:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.loaded = False
+
+    def load_scripts(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for s in SCRIPTS.values():
+            pipe.execute_command("SCRIPT", "LOAD", s.source)  # type: ignore[no-untyped-call]
+        pipe.execute()
+        self.loaded = True
+
+    def execute(self, req: Request) -> Any:
+        if not self.loaded:
+            self.load_scripts()
+        if isinstance(req, Script):
+            return self._script(req)
+        if isinstance(req, Command):
+            return _run(self.client, *req.args)
+        return self._batch(req.requests)
+
+    def _script(self, s: Script) -> Any:
+        try:
+            return _run(self.client, *_eval_args(s))
+        except NoScriptError:
+            self.load_scripts()
+            return _run(self.client, *_eval_args(s))
+
+    def _batch(self, reqs: Sequence[Script | Command]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for r in reqs:
+            pipe.execute_command(*(_eval_args(r) if isinstance(r, Script) else r.args))
+        results = pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in results):
+            self.load_scripts()
+            for i, res in enumerate(results):
+                if isinstance(res, NoScriptError):
+                    # That call did not run; the others did and must not run twice.
+                    results[i] = self._script(reqs[i])  # type: ignore[arg-type]
+        return _check(results)
+
+    def drive(self, op: Op[T]) -> T:
+        try:
+            req = next(op)
+            while True:
+                req = op.send(self.execute(req))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+class AsyncDriver:
+    def __init__(self, client: aredis.Redis) -> None:
+        self.client = client
+        self.loaded = False
+
+    async def load_scripts(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for s in SCRIPTS.values():
+            pipe.execute_command("SCRIPT", "LOAD", s.source)  # type: ignore[no-untyped-call]
+        await pipe.execute()
+        self.loaded = True
+
+    async def execute(self, req: Request) -> Any:
+        if not self.loaded:
+            await self.load_scripts()
+        if isinstance(req, Script):
+            return await self._script(req)
+        if isinstance(req, Command):
+            return await _arun(self.client, *req.args)
+        return await self._batch(req.requests)
+
+    async def _script(self, s: Script) -> Any:
+        try:
+            return await _arun(self.client, *_eval_args(s))
+        except NoScriptError:
+            await self.load_scripts()
+            return await _arun(self.client, *_eval_args(s))
+
+    async def _batch(self, reqs: Sequence[Script | Command]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for r in reqs:
+            pipe.execute_command(*(_eval_args(r) if isinstance(r, Script) else r.args))
+        results = await pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in results):
+            await self.load_scripts()
+            for i, res in enumerate(results):
+                if isinstance(res, NoScriptError):
+                    results[i] = await self._script(reqs[i])  # type: ignore[arg-type]
+        return _check(results)
+
+    async def drive(self, op: Op[T]) -> T:
+        try:
+            req = next(op)
+            while True:
+                req = op.send(await self.execute(req))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]

@@ -1,0 +1,14 @@
+--[[ claim: promote due delayed jobs, then move up to N ready jobs to active.
+Order: wait (FIFO; LIFO jobs and requeued stalls sit at the pop end), then
+prioritized (lowest priority number first). Nothing is claimed while paused.
+Each claim gets a fresh fencing token (INCR fence) and a lease: the job's
+score in `active` is its lease deadline.
+KEYS: the standard queue keys (common.lua).
+ARGV: [1] N, [2] worker id, [3] lease_ms
+Returns: {next delayed job due in ms (-1: none), {id, token, job hash as a flat list}, ...}
+Events: waiting {id, prev=delayed} per promoted job; active {id} per claim;
+        orphan-dropped {id} for an id without a job hash.
+]]
+--@include common
+--@include claim
+return claim_jobs(tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), now_ms())

@@ -1,0 +1,35 @@
+--[[ complete: token-checked active -> completed for a batch, then claim.
+The same call claims up to ARGV[2] more jobs, so a busy worker spends one
+round trip per batch of finished jobs.
+KEYS: the standard queue keys (common.lua).
+ARGV: [1] number of completions C, [2] claim N, [3] worker id, [4] lease_ms,
+      then 5 values per completion: id, token, return value (JSON),
+      keep_count (-1: no limit; 0: delete now), keep_age_ms (-1: no limit)
+Returns: {{code per completion}, claim result as in claim.lua}
+  code: 0 completed (also when this token already completed it: a retried
+  call is idempotent), -1 job not found, -2 lease lost, -3 not active.
+Events: completed {id, returnvalue}; plus claim's events.
+]]
+--@include common
+--@include claim
+local now = now_ms()
+local c = tonumber(ARGV[1])
+local codes = {}
+for i = 0, c - 1 do
+  local b = 5 + i * 5
+  local id, token = ARGV[b], ARGV[b + 1]
+  local held = check_lease(id, token)
+  if held == 1 then
+    redis.call('ZREM', k.active, id)
+    redis.call('HSET', PREFIX .. id, 'returnvalue', ARGV[b + 2], 'finished_on', now)
+    redis.call('HINCRBY', PREFIX .. id, 'attempts_made', 1)
+    emit('event', 'completed', 'id', id, 'returnvalue', ARGV[b + 2])
+    finish_job(id, k.completed, now, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]))
+    codes[#codes + 1] = 0
+  elseif held == 0 then
+    codes[#codes + 1] = 0
+  else
+    codes[#codes + 1] = held
+  end
+end
+return {codes, claim_jobs(tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), now)}

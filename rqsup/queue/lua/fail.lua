@@ -1,0 +1,52 @@
+--[[ fail: token-checked end of a failed attempt, for a batch.
+The worker computes the backoff (custom strategies live in Python) and says
+whether to retry; the script still refuses a retry once attempts are spent.
+KEYS: the standard queue keys (common.lua).
+ARGV: [1] number of failures F, then 8 values per failure:
+      id, token, reason, error type, stack trace,
+      retry_delay_ms (-1: fail for good, e.g. UnrecoverableError),
+      keep_count, keep_age_ms (retention of failed jobs, as in complete.lua)
+Returns: {code per failure}: 1 retry now (wait), 2 retry later (delayed),
+  3 failed for good, 0 already done by this token (idempotent retry),
+  -1 job not found, -2 lease lost, -3 not active.
+Events: retrying {id, attempts_made, delay, reason} or
+        failed {id, reason, error_type, stacktrace, attempts_made}.
+]]
+--@include common
+local now = now_ms()
+local f = tonumber(ARGV[1])
+local codes = {}
+for i = 0, f - 1 do
+  local b = 2 + i * 8
+  local id, token = ARGV[b], ARGV[b + 1]
+  local reason, etype, stack = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local delay = tonumber(ARGV[b + 5])
+  local held = check_lease(id, token)
+  if held == 1 then
+    local jk = PREFIX .. id
+    redis.call('ZREM', k.active, id)
+    local made = redis.call('HINCRBY', jk, 'attempts_made', 1)
+    local attempts = tonumber(redis.call('HGET', jk, 'attempts')) or 1
+    redis.call('HSET', jk, 'failed_reason', reason, 'error_type', etype, 'stacktrace', stack)
+    if delay >= 0 and made < attempts then
+      if delay > 0 then
+        redis.call('ZADD', k.delayed, now + delay, id)
+        codes[#codes + 1] = 2
+      else
+        push_ready(id, job_priority(id), false)
+        codes[#codes + 1] = 1
+      end
+      wake()
+      emit('event', 'retrying', 'id', id, 'attempts_made', made, 'delay', delay, 'reason', reason)
+    else
+      redis.call('HSET', jk, 'finished_on', now)
+      emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', etype,
+        'stacktrace', stack, 'attempts_made', made)
+      finish_job(id, k.failed, now, tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7]))
+      codes[#codes + 1] = 3
+    end
+  else
+    codes[#codes + 1] = held
+  end
+end
+return codes

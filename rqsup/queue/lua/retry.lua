@@ -1,0 +1,33 @@
+--[[ retry: move finished jobs back to wait for a fresh set of attempts.
+Resets attempts_made, stalled_count and the previous outcome.
+KEYS: the standard queue keys (common.lua).
+ARGV: [1] state the jobs must be in ('failed' or 'completed'),
+      [2] job id, or '' for the oldest jobs of that state; [3] at most this many
+Returns: {code, state or count}: {0, n}, {-1, ''}, {-4, state}
+Events: retried {id}.
+]]
+--@include common
+local set = ARGV[1] == 'completed' and k.completed or k.failed
+local ids
+if ARGV[2] ~= '' then
+  local id = ARGV[2]
+  if not redis.call('ZSCORE', set, id) then
+    local st = job_state(id)
+    if st == 'missing' then return {-1, ''} end
+    return {-4, st}
+  end
+  ids = {id}
+else
+  ids = redis.call('ZRANGE', set, 0, tonumber(ARGV[3]) - 1)
+end
+for _, id in ipairs(ids) do
+  local jk = PREFIX .. id
+  redis.call('ZREM', set, id)
+  redis.call('HDEL', jk, 'finished_on', 'failed_reason', 'error_type', 'stacktrace',
+    'returnvalue', 'token')
+  redis.call('HSET', jk, 'attempts_made', 0, 'stalled_count', 0)
+  push_ready(id, job_priority(id), false)
+  emit('event', 'retried', 'id', id)
+end
+if #ids > 0 then wake() end
+return {0, #ids}

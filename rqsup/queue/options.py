@@ -1,0 +1,153 @@
+"""Job options: validation and normalisation in one place.
+
+Durations given by users are seconds (int, float or timedelta); what is
+stored and handed to scripts is milliseconds. Retention defaults are
+bounded: nothing is kept forever unless asked for explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from rqsup import backoff as backoff_mod
+from rqsup.errors import InvalidOption
+from rqsup.keys import validate_job_id
+
+MAX_PRIORITY = 2**21
+DAY_MS = 86_400_000
+
+#: Completed jobs: keep the newest 1,000, none older than a day.
+DEFAULT_KEEP_COMPLETED = {"count": 1000, "age_ms": DAY_MS}
+#: Failed jobs: keep the newest 10,000, none older than a week.
+DEFAULT_KEEP_FAILED = {"count": 10_000, "age_ms": 7 * DAY_MS}
+DEFAULT_KEEP_LOGS = 100
+
+OPTION_NAMES = frozenset(
+    {
+        "job_id", "delay", "priority", "lifo", "attempts", "backoff", "timeout",
+        "remove_on_complete", "remove_on_fail", "keep_logs",
+    }
+)
+
+
+def seconds_to_ms(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidOption(f"{name} must be seconds (a number or timedelta), got {value!r}")
+    if value < 0:
+        raise InvalidOption(f"{name} must be >= 0 seconds, got {value!r}")
+    return round(value * 1000)
+
+
+def retention(name: str, value: Any, default: Mapping[str, int]) -> dict[str, int]:
+    """Normalise remove_on_complete / remove_on_fail to ``{"count", "age_ms"}``.
+
+    ``True``: remove at once. ``False``: keep forever (explicit). An int: keep
+    that many. A mapping ``{"age": seconds, "count": n}``: both bounds.
+    ``-1`` means "no bound" for either field.
+    """
+    if value is None:
+        return dict(default)
+    if value is True:
+        return {"count": 0, "age_ms": -1}
+    if value is False:
+        return {"count": -1, "age_ms": -1}
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidOption(f"{name} count must be >= 0, got {value}")
+        return {"count": value, "age_ms": -1}
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"age", "count"}
+        if unknown:
+            raise InvalidOption(f"{name} has unknown keys {sorted(unknown)} (use age, count)")
+        count = value.get("count", -1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < -1:
+            raise InvalidOption(f"{name} count must be an int >= 0, got {count!r}")
+        age = value.get("age")
+        age_ms = -1 if age is None else seconds_to_ms(f"{name} age", age)
+        return {"count": count, "age_ms": age_ms if age_ms is not None else -1}
+    raise InvalidOption(f"{name} must be True, False, a count or {{age, count}}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Normalised options of one job, as stored (JSON) in its hash."""
+
+    delay_ms: int = 0
+    priority: int = 0
+    lifo: bool = False
+    attempts: int = 1
+    backoff: dict[str, Any] | None = None
+    timeout_ms: int | None = None
+    keep_completed: dict[str, int] | None = None
+    keep_failed: dict[str, int] | None = None
+    keep_logs: int = DEFAULT_KEEP_LOGS
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_stored(cls, raw: Mapping[str, Any]) -> JobOptions:
+        """Read options back from a job hash; unknown keys are ignored (newer writer)."""
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        return cls(**known)
+
+    @property
+    def completed_retention(self) -> dict[str, int]:
+        return self.keep_completed or dict(DEFAULT_KEEP_COMPLETED)
+
+    @property
+    def failed_retention(self) -> dict[str, int]:
+        return self.keep_failed or dict(DEFAULT_KEEP_FAILED)
+
+
+def build(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[str | None, JobOptions]:
+    """Merge queue defaults with per-job options and validate; returns (job_id, options)."""
+    merged = {**defaults, **options}
+    unknown = set(merged) - OPTION_NAMES
+    if unknown:
+        raise InvalidOption(
+            f"unknown job option(s) {sorted(unknown)}; known: {sorted(OPTION_NAMES)}"
+        )
+    job_id = merged.get("job_id")
+    if job_id is not None:
+        job_id = validate_job_id(job_id) if isinstance(job_id, str) else None
+        if job_id is None:
+            raise InvalidOption(f"job_id must be a string, got {merged.get('job_id')!r}")
+    priority = merged.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not (
+        0 <= priority <= MAX_PRIORITY
+    ):
+        raise InvalidOption(f"priority must be an int from 0 to {MAX_PRIORITY}, got {priority!r}")
+    attempts = merged.get("attempts", 1)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise InvalidOption(f"attempts must be an int >= 1, got {attempts!r}")
+    lifo = merged.get("lifo", False)
+    if not isinstance(lifo, bool):
+        raise InvalidOption(f"lifo must be True or False, got {lifo!r}")
+    keep_logs = merged.get("keep_logs", DEFAULT_KEEP_LOGS)
+    if isinstance(keep_logs, bool) or not isinstance(keep_logs, int) or keep_logs < 0:
+        raise InvalidOption(f"keep_logs must be an int >= 0, got {keep_logs!r}")
+    timeout_ms = seconds_to_ms("timeout", merged.get("timeout"), allow_none=True)
+    if timeout_ms == 0:
+        raise InvalidOption("timeout must be > 0 seconds (omit it for no timeout)")
+    opts = JobOptions(
+        delay_ms=seconds_to_ms("delay", merged.get("delay", 0)) or 0,
+        priority=priority,
+        lifo=lifo,
+        attempts=attempts,
+        backoff=backoff_mod.normalize(merged.get("backoff")),
+        timeout_ms=timeout_ms,
+        keep_completed=retention(
+            "remove_on_complete", merged.get("remove_on_complete"), DEFAULT_KEEP_COMPLETED
+        ),
+        keep_failed=retention("remove_on_fail", merged.get("remove_on_fail"), DEFAULT_KEEP_FAILED),
+        keep_logs=keep_logs,
+    )
+    return job_id, opts

@@ -1,0 +1,219 @@
+"""The sync producer API: :class:`Queue` and :class:`Job`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from rqsup.queue import codec
+from rqsup.queue.connection import sync_client
+from rqsup.queue.core import QueueCore
+from rqsup.queue.drivers import SyncDriver
+from rqsup.queue.record import JobRecord
+from rqsup.queue.waiters import (
+    CHECK_INTERVAL_S,
+    Outcome,
+    SyncEventReader,
+    outcome_from_record,
+    resolve,
+)
+
+
+class Queue:
+    """A queue, for sync code: add jobs, inspect and administer them.
+
+    ``Queue("emails", "redis://host:6379/0")`` or ``Queue("emails",
+    connection=existing_client)``. ``default_job_options`` apply to every
+    ``add`` unless overridden there.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str | None = None,
+        *,
+        connection: redis.Redis | None = None,
+        prefix: str = "rqsup",
+        default_job_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.core = QueueCore(name, prefix, default_job_options)
+        self.client = connection if connection is not None else sync_client(url)
+        self._own_client = connection is None
+        self._driver = SyncDriver(self.client)
+
+    @property
+    def name(self) -> str:
+        return self.core.name
+
+    def __repr__(self) -> str:
+        return f"Queue({self.core.name!r}, prefix={self.core.prefix!r})"
+
+    def close(self) -> None:
+        if self._own_client:
+            self.client.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- producing ------------------------------------------------------------
+
+    def add(self, name: str, data: Any = None, **options: Any) -> Job:
+        """Add one job. Options: job_id, delay, priority, lifo, attempts, backoff,
+        timeout, remove_on_complete, remove_on_fail, keep_logs (see docs/jobs.md)."""
+        spec = self.core.spec(name, data, options)
+        [(job_id, _created, event_id)] = self._driver.drive(self.core.op_add([spec]))
+        return self._job_after_add(job_id, spec.args, event_id)
+
+    def add_bulk(self, jobs: Iterable[Any]) -> list[Job]:
+        """Add many jobs in few round trips: ``[{"name", "data", "opts"}]`` or tuples."""
+        specs = self.core.specs_from_bulk(jobs)
+        added = self._driver.drive(self.core.op_add(specs))
+        return [
+            self._job_after_add(job_id, s.args, ev)
+            for s, (job_id, _c, ev) in zip(specs, added, strict=True)
+        ]
+
+    def _job_after_add(self, job_id: str, args: tuple[Any, ...], event_id: str) -> Job:
+        raw = {"name": args[1], "data": args[2], "opts": args[3], "attempts": str(args[7])}
+        return Job(job_id, raw, self, event_id)
+
+    def call(
+        self, name: str, data: Any = None, timeout: float | None = 30.0, **options: Any
+    ) -> Any:
+        """Add a job and return its result (request/response); raises JobFailed or TimeoutError."""
+        job = self.add(name, data, **options)
+        return self.wait_for(job.id, timeout, job.added_event or None)
+
+    def wait_for(
+        self, job_id: str, timeout: float | None = None, after_id: str | None = None
+    ) -> Any:
+        """Block until the job finishes; its return value, or JobFailed / TimeoutError."""
+        reader = SyncEventReader.for_queue(self.client, self.core.keys.events, after_id)
+        done = threading.Event()
+        box: list[Outcome] = []
+
+        def slot(outcome: Outcome) -> None:
+            box.append(outcome)
+            done.set()
+
+        early = reader.book.register(job_id, slot)
+        if early is not None:
+            return resolve(job_id, early)
+        try:
+            if after_id is None:
+                rec = self._driver.drive(self.core.op_finished(job_id))
+                if rec is not None:
+                    return resolve(job_id, outcome_from_record(rec))
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                step = CHECK_INTERVAL_S
+                if deadline is not None:
+                    step = min(step, deadline - time.monotonic())
+                    if step <= 0:
+                        raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
+                if done.wait(step):
+                    return resolve(job_id, box[0])
+                rec = self._driver.drive(self.core.op_finished(job_id))
+                if rec is not None:
+                    return resolve(job_id, outcome_from_record(rec))
+        finally:
+            reader.book.unregister(job_id, slot)
+
+    # -- reading --------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> Job | None:
+        rec = self._driver.drive(self.core.op_get_record(job_id))
+        return None if rec is None else Job(rec.id, rec.raw, self)
+
+    def get_jobs(self, state: str, start: int = 0, end: int = -1) -> list[Job]:
+        recs = self._driver.drive(self.core.op_get_records(state, start, end))
+        return [Job(r.id, r.raw, self) for r in recs]
+
+    def counts(self) -> dict[str, int]:
+        return self._driver.drive(self.core.op_counts())
+
+    def is_paused(self) -> bool:
+        return self._driver.drive(self.core.op_is_paused())
+
+    # -- administration -------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop every worker of this queue from claiming; adds still land."""
+        self._driver.drive(self.core.op_pause(True))
+
+    def resume(self) -> None:
+        self._driver.drive(self.core.op_pause(False))
+
+    def drain(self, delayed: bool = False) -> int:
+        """Remove waiting (and prioritized; with delayed=True also delayed) jobs."""
+        return self._driver.drive(self.core.op_drain(delayed))
+
+    def clean(self, grace: float, limit: int = 1000, state: str = "completed") -> list[str]:
+        """Remove up to ``limit`` jobs of ``state`` older than ``grace`` seconds."""
+        return self._driver.drive(self.core.op_clean(round(grace * 1000), limit, state))
+
+    def obliterate(self, force: bool = False) -> None:
+        """Delete the queue and every job; refuses while jobs are active unless forced."""
+        self._driver.drive(self.core.op_obliterate(force))
+
+    def retry_jobs(self, state: str = "failed", count: int | None = None) -> int:
+        return self._driver.drive(self.core.op_retry_jobs(state, count))
+
+    def promote_jobs(self, count: int | None = None) -> int:
+        return self._driver.drive(self.core.op_promote_jobs(count))
+
+    def set_max_events(self, max_events: int) -> None:
+        """Cap the event stream at about this many entries (default 10,000)."""
+        self._driver.drive(self.core.op_set_max_events(max_events))
+
+
+@dataclass(repr=False)
+class Job(JobRecord):
+    """A job as read (or just added); methods act on it in Redis."""
+
+    queue: Queue = field(default=None)  # type: ignore[assignment]
+    added_event: str = ""
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, name={self.name!r}, queue={self.queue.name!r})"
+
+    def refresh(self) -> Job:
+        rec = self.queue._driver.drive(self.queue.core.op_require_record(self.id))
+        self.raw = rec.raw
+        return self
+
+    def state(self) -> str:
+        return self.queue._driver.drive(self.queue.core.op_state(self.id))
+
+    def wait(self, timeout: float | None = None) -> Any:
+        return self.queue.wait_for(self.id, timeout)
+
+    def logs(self, start: int = 0, end: int = -1) -> list[str]:
+        return self.queue._driver.drive(self.queue.core.op_logs(self.id, start, end))
+
+    def change_delay(self, delay: float) -> None:
+        self.queue._driver.drive(self.queue.core.op_change_delay(self.id, delay))
+
+    def change_priority(self, priority: int, lifo: bool = False) -> None:
+        self.queue._driver.drive(self.queue.core.op_change_priority(self.id, priority, lifo))
+
+    def promote(self) -> None:
+        self.queue._driver.drive(self.queue.core.op_promote(self.id))
+
+    def retry(self, state: str = "failed") -> None:
+        self.queue._driver.drive(self.queue.core.op_retry(self.id, state))
+
+    def remove(self) -> None:
+        self.queue._driver.drive(self.queue.core.op_remove(self.id))
+
+    def update_data(self, data: Any) -> None:
+        self.queue._driver.drive(self.queue.core.op_update_data(self.id, data))
+        self.raw = {**self.raw, "data": codec.encode(data, "data")}

@@ -1,0 +1,148 @@
+"""A job as read from its Redis hash, decoded lazily.
+
+Decoding is lazy so that one malformed job (a hand-edited hash, a writer of
+another version) cannot break a listing: only touching the broken field
+raises :class:`MalformedJob`, naming the job and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rqsup.errors import MalformedJob
+from rqsup.queue import codec
+from rqsup.queue.options import JobOptions
+
+_INT_FIELDS = (
+    "timestamp", "delay", "priority", "attempts", "attempts_made", "attempts_started",
+    "stalled_count", "processed_on", "finished_on",
+)
+
+
+def fields_of(reply: Mapping[Any, Any] | Sequence[Any]) -> dict[str, str]:
+    """A hash reply (dict from HGETALL or a flat list from Lua) as str -> str."""
+    if isinstance(reply, Mapping):
+        return {codec.text(k): codec.text(v) for k, v in reply.items()}
+    it = iter(reply)
+    return {codec.text(k): codec.text(v) for k, v in zip(it, it, strict=True)}
+
+
+@dataclass
+class JobRecord:
+    id: str
+    raw: dict[str, str] = field(repr=False)
+
+    def _int(self, name: str) -> int:
+        value = self.raw.get(name)
+        if value is None or value == "":
+            return 0
+        try:
+            return int(value)
+        except ValueError:
+            detail = f"field {name!r} is not an integer: {value[:40]!r}"
+            raise MalformedJob(self.id, detail) from None
+
+    def _json(self, name: str, *, required: bool = False) -> Any:
+        value = self.raw.get(name)
+        if value is None or value == "":
+            if required:
+                raise MalformedJob(self.id, f"field {name!r} is missing")
+            return None
+        try:
+            return codec.decode(value)
+        except ValueError:
+            detail = f"field {name!r} is not valid JSON: {value[:40]!r}"
+            raise MalformedJob(self.id, detail) from None
+
+    def validate(self) -> None:
+        """Raise MalformedJob when the hash lacks what a worker needs to run it."""
+        if not self.raw.get("name"):
+            raise MalformedJob(self.id, "field 'name' is missing")
+        self._json("data", required=True)
+        opts = self._json("opts")
+        if opts is not None and not isinstance(opts, dict):
+            raise MalformedJob(self.id, "field 'opts' is not a JSON object")
+        for name in _INT_FIELDS:
+            self._int(name)
+
+    @property
+    def name(self) -> str:
+        return self.raw.get("name", "")
+
+    @property
+    def data(self) -> Any:
+        return self._json("data", required=True)
+
+    @property
+    def options(self) -> JobOptions:
+        opts = self._json("opts")
+        if opts is None:
+            return JobOptions()
+        if not isinstance(opts, dict):
+            raise MalformedJob(self.id, "field 'opts' is not a JSON object")
+        try:
+            return JobOptions.from_stored(opts)
+        except TypeError as exc:
+            raise MalformedJob(self.id, f"field 'opts' has bad values: {exc}") from None
+
+    @property
+    def timestamp_ms(self) -> int:
+        return self._int("timestamp")
+
+    @property
+    def delay_ms(self) -> int:
+        return self._int("delay")
+
+    @property
+    def priority(self) -> int:
+        return self._int("priority")
+
+    @property
+    def attempts(self) -> int:
+        return self._int("attempts") or 1
+
+    @property
+    def attempts_made(self) -> int:
+        return self._int("attempts_made")
+
+    @property
+    def attempts_started(self) -> int:
+        return self._int("attempts_started")
+
+    @property
+    def stalled_count(self) -> int:
+        return self._int("stalled_count")
+
+    @property
+    def progress(self) -> Any:
+        return self._json("progress")
+
+    @property
+    def return_value(self) -> Any:
+        return self._json("returnvalue")
+
+    @property
+    def failed_reason(self) -> str | None:
+        return self.raw.get("failed_reason") or None
+
+    @property
+    def error_type(self) -> str | None:
+        return self.raw.get("error_type") or None
+
+    @property
+    def stacktrace(self) -> str | None:
+        return self.raw.get("stacktrace") or None
+
+    @property
+    def processed_on_ms(self) -> int | None:
+        return self._int("processed_on") or None
+
+    @property
+    def finished_on_ms(self) -> int | None:
+        return self._int("finished_on") or None
+
+    @property
+    def worker(self) -> str | None:
+        return self.raw.get("worker") or None

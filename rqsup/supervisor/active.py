@@ -1,0 +1,74 @@
+"""What a processor sees: :class:`ActiveJob`, and the worker's record of it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rqsup.queue import codec
+from rqsup.queue.options import JobOptions
+from rqsup.queue.record import JobRecord
+
+#: ("progress", json) or ("log", line): sent to the worker, which writes them fenced.
+Sink = Callable[[str, str], None]
+
+
+class ActiveJob:
+    """The job handed to a processor.
+
+    ``update_progress`` and ``log`` never block on Redis: the worker writes
+    them in order, fenced by the job's lease, before the job's result.
+    """
+
+    __slots__ = ("_progress", "_sink", "attempts", "attempts_made", "data", "id", "name",
+                 "options", "timestamp_ms")
+
+    def __init__(self, record: JobRecord, sink: Sink) -> None:
+        self.id = record.id
+        self.name = record.name
+        self.data = record.data
+        self.attempts_made = record.attempts_made
+        self.attempts = record.attempts
+        self.timestamp_ms = record.timestamp_ms
+        self.options = record.options
+        self._progress = record.progress
+        self._sink = sink
+
+    def __repr__(self) -> str:
+        return f"ActiveJob(id={self.id!r}, name={self.name!r})"
+
+    @property
+    def progress(self) -> Any:
+        return self._progress
+
+    def update_progress(self, value: Any) -> None:
+        """Report progress: a number or any JSON value."""
+        encoded = codec.encode(value, f"progress of job {self.id}")
+        self._progress = value
+        self._sink("progress", encoded)
+
+    def log(self, line: str) -> None:
+        """Append a line to the job's log (kept up to the job's keep_logs)."""
+        self._sink("log", str(line))
+
+
+@dataclass(eq=False)
+class Running:
+    """The worker's record of one claimed job, until Redis acknowledged its end."""
+
+    record: JobRecord
+    token: str
+    options: JobOptions
+    started: float = field(default_factory=time.monotonic)
+    #: The processor returned or raised; its outcome is queued in the pump.
+    finished: bool = False
+    #: The lease is gone (or the worker gave up on it): never write its result.
+    lost: bool = False
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id

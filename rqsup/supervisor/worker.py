@@ -1,0 +1,309 @@
+"""The worker loop: claim with a fenced lease, run the processor, write the outcome.
+
+``Worker`` runs inline coroutines (mode "async") or plain functions in
+threads (mode "thread") inside the current event loop; the supervisor
+(process mode) builds on the same parts. All Redis writes for jobs go
+through the :class:`~rqsup.supervisor.pump.Pump`; leases are renewed by a
+timer of their own, so a busy processor never loses its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis.asyncio as aredis
+
+from rqsup import backoff
+from rqsup.errors import Code, EncodeError, InvalidOption, MalformedJob, error_info
+from rqsup.queue import codec
+from rqsup.queue.connection import async_client
+from rqsup.queue.core import QueueCore
+from rqsup.queue.drivers import AsyncDriver
+from rqsup.queue.options import JobOptions
+from rqsup.queue.record import JobRecord, fields_of
+from rqsup.supervisor import maintenance
+from rqsup.supervisor.active import ActiveJob, Running
+from rqsup.supervisor.pump import Pump
+from rqsup.supervisor.threads import ThreadRunner
+
+log = logging.getLogger("rqsup.worker")
+
+MODES = ("async", "thread")
+
+
+class JobTimedOut(Exception):
+    """The job ran longer than its timeout (the reason recorded on the job)."""
+
+
+class Worker:
+    """Process jobs of one queue in this event loop.
+
+    ``processor(job)`` gets an :class:`ActiveJob` and returns a JSON value;
+    raising fails the attempt (``UnrecoverableError``: no more attempts).
+    ``await worker.run()`` runs until ``await worker.close()``.
+    """
+
+    def __init__(
+        self,
+        queue: str,
+        processor: Callable[[ActiveJob], Any],
+        *,
+        url: str | None = None,
+        connection: aredis.Redis | None = None,
+        prefix: str = "rqsup",
+        mode: str = "async",
+        concurrency: int = 1,
+        name: str | None = None,
+        lease_s: float = 30.0,
+        renew_interval_s: float | None = None,
+        stall_interval_s: float = 15.0,
+        max_stalled_count: int = 1,
+        stall_counts_as_attempt: bool = False,
+        block_timeout_s: float = 5.0,
+        backoff_strategies: Mapping[str, backoff.BackoffStrategy] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise InvalidOption(f"mode must be one of {MODES}, got {mode!r}")
+        is_coro = inspect.iscoroutinefunction(processor) or inspect.iscoroutinefunction(
+            getattr(processor, "__call__", None)  # noqa: B004
+        )
+        if mode == "async" and not is_coro:
+            raise InvalidOption(f"mode 'async' needs a coroutine function, got {processor!r}")
+        if mode == "thread" and (is_coro or not callable(processor)):
+            raise InvalidOption(f"mode 'thread' needs a plain function, got {processor!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidOption(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if lease_s < 1:
+            raise InvalidOption(f"lease_s must be >= 1 second, got {lease_s!r}")
+        renew = renew_interval_s if renew_interval_s is not None else lease_s / 3
+        if not 0 < renew < lease_s:
+            raise InvalidOption(f"renew_interval_s must be between 0 and lease_s, got {renew!r}")
+        if max_stalled_count < 0:
+            raise InvalidOption(f"max_stalled_count must be >= 0, got {max_stalled_count!r}")
+        self.core = QueueCore(queue, prefix)
+        self.queue_name = queue
+        self.processor = processor
+        self.mode = mode
+        self.concurrency = concurrency
+        self.lease_ms = round(lease_s * 1000)
+        self.renew_interval_s = renew
+        self.stall_interval_s = stall_interval_s
+        self.max_stalled_count = max_stalled_count
+        self.stall_counts_as_attempt = stall_counts_as_attempt
+        self.block_timeout_s = block_timeout_s
+        self.strategies = dict(backoff_strategies or {})
+        base = name or socket.gethostname()
+        self.worker_id = f"{base}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.client = connection if connection is not None else async_client(url)
+        self._own_client = connection is None
+        self.block_client = self.client
+        self.driver = AsyncDriver(self.client)
+        self.running: dict[str, Running] = {}  # by token
+        self.claiming = True
+        self.renewals = 0
+        self.processed = 0
+        self._threads = ThreadRunner(queue) if mode == "thread" else None
+        self._stop = asyncio.Event()
+        self._done = asyncio.Event()
+        self._close_timeout_s = 30.0
+        self._started = False
+        self.pump = Pump(self)
+
+    def __repr__(self) -> str:
+        return f"Worker({self.queue_name!r}, mode={self.mode!r}, id={self.worker_id!r})"
+
+    def busy_count(self) -> int:
+        return sum(1 for r in self.running.values() if not r.finished)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`close`; then drain gracefully and return."""
+        if self._started:
+            raise RuntimeError("Worker.run() was already called")
+        self._started = True
+        log.info("worker %s: queue %s, mode %s, concurrency %d",
+                 self.worker_id, self.queue_name, self.mode, self.concurrency)
+        loops = [
+            asyncio.create_task(self.pump.run(), name="rqsup pump"),
+            asyncio.create_task(maintenance.wait_for_work(self), name="rqsup wait-for-work"),
+            asyncio.create_task(maintenance.renew_leases(self), name="rqsup renew"),
+            asyncio.create_task(maintenance.sweep_stalled(self), name="rqsup sweep"),
+        ]
+        try:
+            stop = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait([stop, *loops], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stop:
+                    t.result()  # a loop died: raise its error
+            await self._drain(loops)
+        finally:
+            for t in loops:
+                t.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            if self._threads:
+                self._threads.shutdown()
+            if self._own_client:
+                await self.client.aclose()
+            self._done.set()
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let running jobs finish (leases still renewed) for up to
+        ``timeout`` seconds, then give the rest back to the queue."""
+        self._close_timeout_s = timeout
+        self._stop.set()
+        if self._started:
+            await self._done.wait()
+        elif self._own_client:
+            await self.client.aclose()
+
+    async def _drain(self, loops: list[asyncio.Task[Any]]) -> None:
+        self.claiming = False
+        loops[1].cancel()  # no more waiting for work
+        deadline = time.monotonic() + self._close_timeout_s
+        while self.busy_count() and time.monotonic() < deadline:
+            tasks = [r.task for r in self.running.values() if r.task and not r.finished]
+            if tasks:
+                await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+            else:
+                await asyncio.sleep(0.01)  # thread-mode jobs: their futures land soon
+        leftovers = [r for r in self.running.values() if not r.finished]
+        for r in leftovers:
+            r.lost = True
+            if r.task:
+                r.task.cancel()
+        await self.pump.flush()
+        if leftovers:
+            ids = await self.driver.execute(self.core.script("requeue_worker", self.worker_id, 0))
+            log.warning("worker %s: gave back %d unfinished job(s): %s", self.worker_id,
+                        len(ids), [codec.text(i) for i in ids])
+
+    # -- jobs -----------------------------------------------------------------
+
+    def start_job(self, job_id: str, token: str, fields: Any) -> None:
+        record = JobRecord(job_id, fields_of(fields))
+        try:
+            record.validate()
+            options = record.options
+        except MalformedJob as exc:
+            r = Running(record, token, JobOptions())
+            self.running[token] = r
+            log.error("queue %s: %s; failing it", self.queue_name, exc)
+            self._fail(r, {"type": "MalformedJob", "message": str(exc), "stacktrace": "",
+                           "unrecoverable": True})
+            return
+        r = Running(record, token, options)
+        self.running[token] = r
+        r.task = asyncio.create_task(self._execute(r), name=f"rqsup job {job_id}")
+
+    def _sink(self, r: Running) -> Callable[[str, str], None]:
+        def sink(kind: str, payload: str) -> None:
+            if r.lost or r.finished:
+                return
+            if kind == "progress":
+                script = self.core.script("progress", r.id, r.token, payload)
+            else:
+                script = self.core.script("log", r.id, r.token, r.options.keep_logs, payload)
+            self.pump.write(r.id, r.token, script)
+
+        if self.mode == "async":
+            return sink
+        loop = asyncio.get_running_loop()
+
+        def from_thread(kind: str, payload: str) -> None:
+            loop.call_soon_threadsafe(sink, kind, payload)
+
+        return from_thread
+
+    async def _execute(self, r: Running) -> None:
+        job = ActiveJob(r.record, self._sink(r))
+        timeout_s = r.options.timeout_ms / 1000 if r.options.timeout_ms else None
+        try:
+            async with asyncio.timeout(timeout_s) as cm:
+                if self._threads is not None:
+                    fut = self._threads.submit(self.processor, job)
+                    result = await asyncio.shield(fut)
+                else:
+                    result = await self.processor(job)
+        except asyncio.CancelledError:
+            if r.lost:
+                return  # lease lost or shutdown: the outcome is not ours to write
+            raise
+        except TimeoutError:
+            if cm.expired():
+                exc = JobTimedOut(f"job timed out after {timeout_s:g}s (timeout option)")
+            self._fail(r, error_info(exc))
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            self._fail(r, error_info(exc))
+        else:
+            self._complete(r, result)
+
+    def _complete(self, r: Running, result: Any) -> None:
+        if r.lost:
+            return
+        try:
+            encoded = codec.encode(result, f"result of job {r.id}")
+        except EncodeError as exc:
+            info = error_info(exc)
+            info["unrecoverable"] = True
+            self._fail(r, info)
+            return
+        keep = r.options.completed_retention
+        r.finished = True
+        self.pump.complete(r.id, r.token, [r.id, r.token, encoded, keep["count"], keep["age_ms"]])
+
+    def _fail(self, r: Running, info: dict[str, Any]) -> None:
+        if r.lost:
+            return
+        made = r.record.attempts_made + 1
+        message = info["message"]
+        delay_ms = -1
+        if not info["unrecoverable"] and made < r.record.attempts:
+            try:
+                delay_ms = backoff.retry_delay_ms(
+                    r.options.backoff, made, info["type"], message, r.record.raw.get("data"),
+                    self.strategies,
+                )
+            except Exception as exc:  # a bad or unknown custom strategy
+                message = f"{message}; no retry: {exc}"
+                delay_ms = -1
+        keep = r.options.failed_retention
+        r.finished = True
+        self.pump.fail(r.id, r.token, [
+            r.id, r.token, message[:4000], info["type"], info["stacktrace"], delay_ms,
+            keep["count"], keep["age_ms"],
+        ])
+
+    def on_acked(self, job_id: str, token: str, code: int, outcome: str | None) -> None:
+        """Redis recorded (or refused) a job's outcome: free its slot."""
+        self.running.pop(token, None)
+        self.processed += 1
+        if code < 0:
+            log.warning("queue %s: result of job %s not written: %s", self.queue_name, job_id,
+                        Code(code).name.lower().replace("_", " "))
+        elif outcome and outcome != "completed":
+            log.info("queue %s: job %s %s", self.queue_name, job_id, outcome)
+        self.pump.wake.set()
+
+    def on_lease_lost(self, job_id: str, token: str, when: str) -> None:
+        r = self.running.pop(token, None)
+        if r is None or r.lost:
+            return
+        r.lost = True
+        log.warning("queue %s: lease of job %s lost %s; its result will not be written",
+                    self.queue_name, job_id, when)
+        if r.task is not None:
+            # async: the coroutine is cancelled; thread: we stop waiting and the
+            # thread runs on, abandoned (ThreadRunner starts a new one).
+            r.task.cancel()
+        self.pump.want_claim()
