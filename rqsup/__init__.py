@@ -1,11 +1,13 @@
 """rqsup: a Redis job queue with BullMQ's job model and a supervisor for CPU-heavy jobs.
 
-The producer API lives here; the worker is ``rqsup.supervisor.Worker`` (imported
-lazily so producers never load it).
+Public names are imported lazily (PEP 562): ``import rqsup.sandbox`` in a
+child process must not load redis or asyncio, and producers never load the
+worker.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from rqsup.errors import (
@@ -22,12 +24,23 @@ from rqsup.errors import (
     RqsupError,
     UnrecoverableError,
 )
-from rqsup.queue.aqueue import AsyncJob, AsyncQueue
-from rqsup.queue.events import Event, QueueEvents
-from rqsup.queue.queue import Job, Queue
 
 if TYPE_CHECKING:
+    from rqsup.queue.aqueue import AsyncJob, AsyncQueue
+    from rqsup.queue.events import Event, QueueEvents
+    from rqsup.queue.queue import Job, Queue
     from rqsup.supervisor import ActiveJob, Worker
+
+_LAZY = {
+    "AsyncJob": "rqsup.queue.aqueue",
+    "AsyncQueue": "rqsup.queue.aqueue",
+    "Event": "rqsup.queue.events",
+    "QueueEvents": "rqsup.queue.events",
+    "Job": "rqsup.queue.queue",
+    "Queue": "rqsup.queue.queue",
+    "ActiveJob": "rqsup.supervisor",
+    "Worker": "rqsup.supervisor",
+}
 
 __all__ = [
     "ActiveJob", "ActiveJobsError", "AsyncJob", "AsyncQueue", "EncodeError", "Event",
@@ -39,8 +52,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Worker", "ActiveJob"):
-        import rqsup.supervisor
-
-        return getattr(rqsup.supervisor, name)
-    raise AttributeError(f"module 'rqsup' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rqsup' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

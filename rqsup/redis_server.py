@@ -54,7 +54,7 @@ class RedisServer:
                 "redis-server is not installed: install it (apt-get install redis-server) "
                 "or point the config at a reachable Redis"
             )
-        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="rqsup-redis-"))
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="rqsup-redis-")).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._sock_dir: str | None = None
         self.socket_path: str | None = None

@@ -80,6 +80,8 @@ class AsyncQueue:
     async def call(
         self, name: str, data: Any = None, timeout: float | None = 30.0, **options: Any
     ) -> Any:
+        if "job_timeout" in options:  # `timeout` here is how long to wait
+            options["timeout"] = options.pop("job_timeout")
         job = await self.add(name, data, **options)
         return await self.wait_for(job.id, timeout, job.added_event or None)
 

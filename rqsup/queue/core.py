@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from rqsup.errors import InvalidOption, JobNotFound, raise_for_code
+from rqsup.errors import EncodeError, InvalidOption, JobNotFound, raise_for_code
 from rqsup.keys import QUEUE_SUFFIXES, QueueKeys
 from rqsup.queue import codec
 from rqsup.queue import options as options_mod
@@ -91,7 +91,7 @@ class QueueCore:
                 raise InvalidOption(f"bulk job #{i} must be a mapping or a tuple, got {item!r}")
             try:
                 specs.append(self.spec(name, data, opts))  # type: ignore[arg-type]
-            except InvalidOption as exc:
+            except (InvalidOption, EncodeError) as exc:
                 raise type(exc)(f"bulk job #{i}: {exc}") from None
         return specs
 

@@ -71,7 +71,7 @@ class SyncDriver:
     def _batch(self, reqs: Sequence[Script | Command]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for r in reqs:
-            pipe.execute_command(*(_eval_args(r) if isinstance(r, Script) else r.args))
+            pipe.execute_command(*(_eval_args(r) if isinstance(r, Script) else r.args))  # type: ignore[no-untyped-call]
         results = pipe.execute(raise_on_error=False)
         if any(isinstance(r, NoScriptError) for r in results):
             self.load_scripts()
@@ -98,7 +98,7 @@ class AsyncDriver:
     async def load_scripts(self) -> None:
         pipe = self.client.pipeline(transaction=False)
         for s in SCRIPTS.values():
-            pipe.execute_command("SCRIPT", "LOAD", s.source)  # type: ignore[no-untyped-call]
+            pipe.execute_command("SCRIPT", "LOAD", s.source)
         await pipe.execute()
         self.loaded = True
 

@@ -117,9 +117,10 @@ def build(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[str 
         )
     job_id = merged.get("job_id")
     if job_id is not None:
-        job_id = validate_job_id(job_id) if isinstance(job_id, str) else None
-        if job_id is None:
-            raise InvalidOption(f"job_id must be a string, got {merged.get('job_id')!r}")
+        try:
+            job_id = validate_job_id(job_id)
+        except ValueError as exc:
+            raise InvalidOption(str(exc)) from None
     priority = merged.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or not (
         0 <= priority <= MAX_PRIORITY

@@ -88,7 +88,13 @@ class Queue:
     def call(
         self, name: str, data: Any = None, timeout: float | None = 30.0, **options: Any
     ) -> Any:
-        """Add a job and return its result (request/response); raises JobFailed or TimeoutError."""
+        """Add a job and return its result (request/response).
+
+        ``timeout`` is how long to wait (TimeoutError); the job's own run-time
+        limit is ``job_timeout``. A failed job raises JobFailed.
+        """
+        if "job_timeout" in options:  # `timeout` here is how long to wait
+            options["timeout"] = options.pop("job_timeout")
         job = self.add(name, data, **options)
         return self.wait_for(job.id, timeout, job.added_event or None)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rqsup.queue import codec
 from rqsup.queue.options import DEFAULT_KEEP_FAILED
-from rqsup.supervisor.pump import CONNECTION_ERRORS
+from rqsup.supervisor.pump import CONNECTION_ERRORS, reraise_if_cancelling
 
 if TYPE_CHECKING:
     from rqsup.supervisor.worker import Worker
@@ -37,6 +37,7 @@ async def renew_leases(w: Worker) -> None:
         try:
             lost = await w.driver.execute(w.core.script("renew", w.lease_ms, *pairs))
         except CONNECTION_ERRORS as exc:
+            reraise_if_cancelling()
             log.warning("queue %s: lease renewal failed (%s); retrying", w.queue_name, exc)
             continue
         w.renewals += 1
@@ -66,6 +67,7 @@ async def sweep_stalled(w: Worker) -> None:
                     [codec.text(i) for i in requeued], [codec.text(i) for i in failed],
                 )
         except CONNECTION_ERRORS as exc:
+            reraise_if_cancelling()
             log.warning("queue %s: stall sweep failed (%s)", w.queue_name, exc)
         # Jitter spreads the sweepers of many workers over the interval.
         await asyncio.sleep(w.stall_interval_s * random.uniform(0.5, 1.0))
@@ -87,8 +89,10 @@ async def wait_for_work(w: Worker) -> None:
         if timeout_s > 0:
             try:
                 await w.block_client.bzpopmin(w.core.keys.marker, max(timeout_s, 0.001))
+                reraise_if_cancelling()
                 backoff_s = 0.05
             except CONNECTION_ERRORS as exc:
+                reraise_if_cancelling()
                 log.warning("queue %s: waiting for work failed (%s); retrying in %.2fs",
                             w.queue_name, exc, backoff_s)
                 await asyncio.sleep(backoff_s)

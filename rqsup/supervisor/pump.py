@@ -25,6 +25,16 @@ log = logging.getLogger("rqsup.worker")
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
 #: Fail codes from fail.lua, for logs.
+
+
+def reraise_if_cancelling() -> None:
+    """redis-py may turn the cancellation of a blocked call into a connection
+    error; a loop that catches connection errors must not swallow a cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 _FAIL_OUTCOMES = {1: "retrying now", 2: "retrying later", 3: "failed", 0: "already recorded"}
 
 
@@ -44,6 +54,9 @@ class Pump:
         self.next_due_ms = -1
         self.idle = asyncio.Event()  # set while the queue looked drained
         self.calls = 0
+        #: Tokens whose outcome was sent in a call that failed: the first send
+        #: may have landed, and retention may have removed the job since.
+        self.resent: set[str] = set()
 
     # -- called by the worker when a job does something ------------------------
 
@@ -79,6 +92,7 @@ class Pump:
                     await self._step()
                     backoff_s = 0.05
                 except CONNECTION_ERRORS as exc:
+                    reraise_if_cancelling()
                     log.warning("queue %s: Redis unreachable (%s); retrying in %.2fs",
                                 self.w.queue_name, exc, backoff_s)
                     await asyncio.sleep(backoff_s)
@@ -96,6 +110,7 @@ class Pump:
             try:
                 await self._step()
             except CONNECTION_ERRORS:
+                reraise_if_cancelling()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
 
@@ -136,6 +151,7 @@ class Pump:
             self.fails[:0] = fails
             if claim_n > 0:
                 self.check_orphans = True
+            self.resent.update(tok for _id, tok, _a in (*completes, *fails))
             raise
         if len(reqs) == 1:
             replies = [replies]
@@ -145,13 +161,22 @@ class Pump:
         i = len(writes)
         if fails:
             for (job_id, token, _a), code in zip(fails, replies[i], strict=True):
-                w.on_acked(job_id, token, int(code), _FAIL_OUTCOMES.get(int(code)))
+                code = self._resent_ok(token, int(code))
+                w.on_acked(job_id, token, code, _FAIL_OUTCOMES.get(code))
             i += 1
         if claim_n >= 0:
             codes, claim = replies[i]
             for (job_id, token, _a), code in zip(completes, codes, strict=True):
-                w.on_acked(job_id, token, int(code), "completed" if int(code) == Code.OK else None)
+                code = self._resent_ok(token, int(code))
+                w.on_acked(job_id, token, code, "completed" if code == Code.OK else None)
             self._claimed(claim, claim_n)
+
+    def _resent_ok(self, token: str, code: int) -> int:
+        if token in self.resent:
+            self.resent.discard(token)
+            if code == Code.JOB_NOT_FOUND:
+                return Code.OK  # recorded by the first send, then removed by retention
+        return code
 
     def _claimed(self, claim: list[Any], asked: int) -> None:
         self.next_due_ms = int(claim[0])

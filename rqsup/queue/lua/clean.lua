@@ -8,6 +8,7 @@ Events: cleaned {state, count}.
 ]]
 --@include common
 local state, limit = ARGV[1], tonumber(ARGV[3])
+if state == 'active' then return {} end
 local cutoff = now_ms() - tonumber(ARGV[2])
 local removed = {}
 if state == 'completed' or state == 'failed' then

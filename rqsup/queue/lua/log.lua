@@ -14,7 +14,10 @@ local lk = PREFIX .. ARGV[1] .. ':logs'
 local n = 0
 for i = 4, #ARGV do n = redis.call('RPUSH', lk, ARGV[i]) end
 local keep = tonumber(ARGV[3])
-if n > keep then
+if keep == 0 then
+  redis.call('DEL', lk)
+  n = 0
+elseif n > keep then
   redis.call('LTRIM', lk, -keep, -1)
   n = keep
 end

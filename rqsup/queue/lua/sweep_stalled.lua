@@ -48,6 +48,8 @@ for _, id in ipairs(expired) do
       push_ready(id, job_priority(id), true)
       requeued[#requeued + 1] = id
     end
+  else
+    emit('event', 'orphan-dropped', 'id', id)
   end
 end
 if #requeued > 0 then wake() end

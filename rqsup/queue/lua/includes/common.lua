@@ -26,8 +26,9 @@ local function emit(...)
 end
 
 -- Score in the prioritized zset: priority band, then FIFO (or LIFO) inside it.
-local PRIORITY_BAND = 4294967296   -- 2^32
-local HALF_BAND = 2147483648       -- 2^31
+-- 2^21 priorities * 2^31 per band stays below 2^53: exact in a double.
+local PRIORITY_BAND = 2147483648   -- 2^31
+local HALF_BAND = 1073741824       -- 2^30
 local function priority_score(priority, lifo)
   local c = redis.call('INCR', k.pc) % HALF_BAND
   if lifo then

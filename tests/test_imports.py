@@ -1,0 +1,28 @@
+"""The import rules of DESIGN.md section 2, checked in a fresh interpreter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def loaded_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_producer_api_loads_no_supervisor_psutil_or_click() -> None:
+    mods = loaded_after("import rqsup; rqsup.Queue; rqsup.AsyncQueue")
+    assert not {m for m in mods if m.startswith("rqsup.supervisor")}
+    assert "psutil" not in mods and "click" not in mods
+
+
+def test_queue_package_never_imports_the_supervisor() -> None:
+    mods = loaded_after("import rqsup.queue.queue, rqsup.queue.aqueue, rqsup.queue.events")
+    assert not {m for m in mods if m.startswith("rqsup.supervisor")}
+
+
+def test_sandbox_imports_no_asyncio_or_redis() -> None:
+    mods = loaded_after("import rqsup.sandbox")
+    assert "asyncio" not in mods and "redis" not in mods
