@@ -31,21 +31,28 @@ class AddSpec:
 
     __slots__ = ("args", "name")
 
-    def __init__(self, name: str, data: Any, opts: Mapping[str, Any], defaults: Mapping[str, Any]):
+    def __init__(
+        self,
+        name: str,
+        data: Any,
+        opts: Mapping[str, Any],
+        defaults: Mapping[str, Any],
+        cache: dict[bytes, tuple[Any, ...]] | None = None,
+    ):
         if not isinstance(name, str) or not name:
             raise InvalidOption(f"job name must be a non-empty string, got {name!r}")
-        job_id, o = options_mod.build(opts, defaults)
+        # Jobs of a bulk add usually share their options: validate and encode
+        # them once (a custom job_id makes each job's options unique).
+        key = codec.encode(opts, "job options").encode() if cache is not None else b""
+        shared = cache.get(key) if cache is not None else None
+        if shared is None:
+            job_id, o = options_mod.build(opts, defaults)
+            shared = (job_id or "", codec.encode(o.to_json_dict(), "job options"),
+                      o.delay_ms, o.priority, 1 if o.lifo else 0, o.attempts)
+            if cache is not None and not job_id:
+                cache[key] = shared
         self.name = name
-        self.args = (
-            job_id or "",
-            name,
-            codec.encode(data, f"data of job {name!r}"),
-            codec.encode(o.to_json_dict(), "job options"),
-            o.delay_ms,
-            o.priority,
-            1 if o.lifo else 0,
-            o.attempts,
-        )
+        self.args = (shared[0], name, codec.encode(data, f"data of job {name!r}"), *shared[1:])
 
 
 class QueueCore:
@@ -78,6 +85,7 @@ class QueueCore:
     def specs_from_bulk(self, jobs: Iterable[Any]) -> list[AddSpec]:
         """Accept ``{"name", "data", "opts"}`` mappings or ``(name, data[, opts])`` tuples."""
         specs = []
+        cache: dict[bytes, tuple[Any, ...]] = {}
         for i, item in enumerate(jobs):
             if isinstance(item, Mapping):
                 extra = set(item) - {"name", "data", "opts"}
@@ -90,7 +98,8 @@ class QueueCore:
             else:
                 raise InvalidOption(f"bulk job #{i} must be a mapping or a tuple, got {item!r}")
             try:
-                specs.append(self.spec(name, data, opts))  # type: ignore[arg-type]
+                spec = AddSpec(name, data, opts, self.default_job_options, cache)  # type: ignore[arg-type]
+                specs.append(spec)
             except (InvalidOption, EncodeError) as exc:
                 raise type(exc)(f"bulk job #{i}: {exc}") from None
         return specs

@@ -8,7 +8,7 @@ bounded: nothing is kept forever unless asked for explicitly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
@@ -90,7 +90,13 @@ class JobOptions:
     keep_logs: int = DEFAULT_KEEP_LOGS
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """Only what differs from the defaults: job hashes stay small."""
+        out = {}
+        for name, default in _DEFAULTS.items():
+            value = getattr(self, name)
+            if value is not None and value != default:
+                out[name] = value
+        return out
 
     @classmethod
     def from_stored(cls, raw: Mapping[str, Any]) -> JobOptions:
@@ -105,6 +111,11 @@ class JobOptions:
     @property
     def failed_retention(self) -> dict[str, int]:
         return self.keep_failed or dict(DEFAULT_KEEP_FAILED)
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(JobOptions)}
+_DEFAULTS["keep_completed"] = DEFAULT_KEEP_COMPLETED
+_DEFAULTS["keep_failed"] = DEFAULT_KEEP_FAILED
 
 
 def build(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[str | None, JobOptions]:
