@@ -24,6 +24,7 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -55,6 +56,8 @@ HANDOFF_WARMUP = 20
 HANDOFF_ROUNDS = 200
 #: No single wait in a run may take longer than this (a hang is an error, not a result).
 RUN_DEADLINE_S = 60.0
+#: Closing an idle worker takes milliseconds; past this it is reported as hung.
+CLOSE_DEADLINE_S = 15.0
 
 log = logging.getLogger("bench")
 
@@ -181,9 +184,21 @@ def _noop_thread(job: Any) -> None:
     return None
 
 
-async def _drain_with_worker(url: str, queue: str, mode: str, concurrency: int, n: int) -> float:
+async def _close_worker(w: Worker, task: asyncio.Task[None]) -> None:
+    await w.close()
+    await task
+
+
+async def _drain_with_worker(
+    url: str, queue: str, mode: str, concurrency: int, n: int
+) -> tuple[float, list[str]]:
+    """Time one worker from its start until it processed ``n`` jobs; close it.
+
+    Returns the time and notes about anything odd (a close that hung).
+    """
     proc: Callable[[Any], Any] = _noop_async if mode == "async" else _noop_thread
     w = Worker(queue, proc, url=url, mode=mode, concurrency=concurrency)
+    notes: list[str] = []
     t0 = time.perf_counter()
     task = asyncio.create_task(w.run())
     deadline = t0 + RUN_DEADLINE_S
@@ -197,11 +212,23 @@ async def _drain_with_worker(url: str, queue: str, mode: str, concurrency: int, 
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - t0
     finally:
-        await w.close()
-        await task
+        closing = asyncio.create_task(_close_worker(w, task))
+        done, _ = await asyncio.wait([closing], timeout=CLOSE_DEADLINE_S)
+        if not done:
+            stuck = [
+                f"{t.get_name()} ({'cancelling' if t.cancelling() else 'pending'})"
+                for t in asyncio.all_tasks() if t.get_name().startswith("rqsup")
+            ]
+            notes.append(
+                f"Worker.close() had not returned after {CLOSE_DEADLINE_S:g}s "
+                f"(all {w.processed} jobs acknowledged); rqsup tasks left: {stuck}"
+            )
+            # asyncio.run's teardown cancels these tasks again, which ends them.
+        elif closing.exception() is not None:
+            notes.append(f"Worker.close() raised {closing.exception()!r}")
     if w.processed != n:
         raise RuntimeError(f"{mode} worker processed {w.processed}, expected {n}")
-    return elapsed
+    return elapsed, notes
 
 
 def bench_noop(q: Queue, url: str, res: Results, mode: str, concurrency: int) -> None:
@@ -209,7 +236,10 @@ def bench_noop(q: Queue, url: str, res: Results, mode: str, concurrency: int) ->
     q.add_bulk([("n", {"i": i}) for i in range(NOOP_JOBS)])
     if q.counts()["wait"] != NOOP_JOBS:
         res.problems.append(f"{mode} no-op: preload gave {q.counts()}")
-    elapsed = asyncio.run(_drain_with_worker(url, q.name, mode, concurrency, NOOP_JOBS))
+    elapsed, notes = asyncio.run(
+        _drain_with_worker(url, q.name, mode, concurrency, NOOP_JOBS)
+    )
+    res.problems += [f"{mode} no-op c={concurrency}: {n}" for n in notes]
     check_drained(q, res, f"{mode} no-op c={concurrency}", 1000)
     res.add(f"{mode}_noop_c{concurrency}",
             f"{mode} no-op ({NOOP_JOBS:,} jobs, 1 worker, concurrency {concurrency})",
@@ -268,9 +298,12 @@ def bench_request_response(q: Queue, url: str, res: Results) -> None:
                 res.problems.append(f"request/response: call returned {out!r}, expected None")
     finally:
         stop.set()
-        p.join(30)
+        p.join(CLOSE_DEADLINE_S)
         if p.is_alive():
-            res.problems.append("request/response: worker process did not stop; killed it")
+            res.problems.append(
+                f"request/response: worker process had not stopped {CLOSE_DEADLINE_S:g}s after "
+                "it was asked to (Worker.close() hung?); killed it"
+            )
             p.kill()
             p.join()
     if p.exitcode != 0:
@@ -481,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the LPUSH/BRPOP cross-process baseline")
     args = ap.parse_args(argv)
     runs = 1 if args.quick else 3
+    # A SIGTERM still runs the finally below, so the private redis-server goes too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     collector = WarningCollector()

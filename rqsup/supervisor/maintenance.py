@@ -78,11 +78,10 @@ async def wait_for_work(w: Worker) -> None:
     delayed job) may have made work; never sleep-and-poll."""
     backoff_s = 0.05
     pump = w.pump
-    while True:
+    while w.claiming:
         await pump.idle.wait()
-        if not w.claiming:
-            await asyncio.sleep(w.block_timeout_s)
-            continue
+        if not w.claiming:  # type: ignore[unreachable]  # changed during the wait
+            return
         timeout_s = w.block_timeout_s
         if pump.next_due_ms >= 0:
             timeout_s = min(timeout_s, pump.next_due_ms / 1000)

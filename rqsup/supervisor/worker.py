@@ -148,7 +148,11 @@ class Worker:
         finally:
             for t in loops:
                 t.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            # Bounded: a blocked redis-py call can swallow a cancel; it returns
+            # within block_timeout_s on its own and then finds claiming off.
+            _done, pending = await asyncio.wait(loops, timeout=2.0)
+            if pending:
+                log.warning("worker %s: %d loop(s) still stopping", self.worker_id, len(pending))
             if self._threads:
                 self._threads.shutdown()
             if self._own_client:
