@@ -80,8 +80,8 @@ async def wait_for_work(w: Worker) -> None:
     pump = w.pump
     while w.claiming:
         await pump.idle.wait()
-        if not w.claiming:  # type: ignore[unreachable]  # changed during the wait
-            return
+        if not w.claiming:
+            return  # type: ignore[unreachable]  # claiming changed during the wait
         timeout_s = w.block_timeout_s
         if pump.next_due_ms >= 0:
             timeout_s = min(timeout_s, pump.next_due_ms / 1000)
