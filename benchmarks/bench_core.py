@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -26,17 +27,20 @@ import platform
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from rqsup import Queue
+from rqsup.queue.options import DEFAULT_KEEP_COMPLETED
 from rqsup.redis_server import RedisServer
 from rqsup.supervisor import Worker
 
@@ -184,6 +188,10 @@ def _noop_thread(job: Any) -> None:
     return None
 
 
+async def _echo_async(job: Any) -> Any:
+    return job.data
+
+
 async def _close_worker(w: Worker, task: asyncio.Task[None]) -> None:
     await w.close()
     await task
@@ -240,7 +248,9 @@ def bench_noop(q: Queue, url: str, res: Results, mode: str, concurrency: int) ->
         _drain_with_worker(url, q.name, mode, concurrency, NOOP_JOBS)
     )
     res.problems += [f"{mode} no-op c={concurrency}: {n}" for n in notes]
-    check_drained(q, res, f"{mode} no-op c={concurrency}", 1000)
+    # Default retention keeps the newest completed jobs only.
+    kept = min(NOOP_JOBS, DEFAULT_KEEP_COMPLETED["count"])
+    check_drained(q, res, f"{mode} no-op c={concurrency}", kept)
     res.add(f"{mode}_noop_c{concurrency}",
             f"{mode} no-op ({NOOP_JOBS:,} jobs, 1 worker, concurrency {concurrency})",
             "jobs/s", NOOP_JOBS / elapsed)
@@ -260,7 +270,7 @@ def _rr_worker_main(url: str, queue: str, ready: Any, stop: Any, report: Any) ->
     logging.getLogger().addHandler(collector)
 
     async def main() -> None:
-        w = Worker(queue, _noop_async, url=url, mode="async", concurrency=1)
+        w = Worker(queue, _echo_async, url=url, mode="async", concurrency=1)
         task = asyncio.create_task(w.run())
         ready.set()
         stopper = asyncio.get_running_loop().run_in_executor(None, stop.wait)
@@ -277,25 +287,35 @@ def _rr_worker_main(url: str, queue: str, ready: Any, stop: Any, report: Any) ->
         report.put(collector.records)
 
 
-def bench_request_response(q: Queue, url: str, res: Results) -> None:
+def bench_request_response(url: str, res: Results, keep: list[Queue]) -> None:
+    """One run: a new queue name each run (see below), a new worker process."""
+    # rqsup's event reader remembers recent outcomes by job id for the whole
+    # process, and an obliterated queue numbers its jobs from 1 again: reusing
+    # the queue name would let q.call() return a previous run's result at once.
+    # The Queue objects are kept open until the end for the same reason (the
+    # reader is keyed by id() of the connection pool).
+    q = Queue(f"bench-rr-{len(keep) + 1}", url)
+    keep.append(q)
     fresh(q)
+    nonce = os.urandom(4).hex()
     ctx = mp.get_context("spawn")
     ready, stop, report = ctx.Event(), ctx.Event(), ctx.SimpleQueue()
     p = ctx.Process(target=_rr_worker_main, args=(url, q.name, ready, stop, report),
                     daemon=True)
     p.start()
+    wrong = 0
     try:
         if not ready.wait(30):
             raise RuntimeError("request/response worker process did not start")
         for i in range(RR_WARMUP):
-            q.call("rr", {"i": i}, timeout=5)
+            q.call("rr", {"n": nonce, "i": -1 - i}, timeout=5)
         lat: list[float] = []
         for i in range(RR_CALLS):
+            data = {"n": nonce, "i": i}
             t0 = time.perf_counter()
-            out = q.call("rr", {"i": i}, timeout=5)
+            out = q.call("rr", data, timeout=5)
             lat.append(time.perf_counter() - t0)
-            if out is not None:
-                res.problems.append(f"request/response: call returned {out!r}, expected None")
+            wrong += out != data
     finally:
         stop.set()
         p.join(CLOSE_DEADLINE_S)
@@ -306,6 +326,9 @@ def bench_request_response(q: Queue, url: str, res: Results) -> None:
             )
             p.kill()
             p.join()
+    if wrong:
+        res.problems.append(f"request/response: {wrong}/{RR_CALLS} calls returned another "
+                            "job's result")
     if p.exitcode != 0:
         res.problems.append(f"request/response: worker process exited with {p.exitcode}")
     while not report.empty():
@@ -397,6 +420,26 @@ def bench_handoff(url: str, res: Results) -> None:
 # -- report ----------------------------------------------------------------------------
 
 
+def rqsup_source() -> str:
+    """The rqsup commit measured, and any uncommitted changes to it."""
+    import rqsup
+
+    repo = Path(rqsup.__file__).resolve().parent.parent
+    git = ["git", "--no-optional-locks", "-C", str(repo)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        status = subprocess.run([*git, "status", "--porcelain", "--", "rqsup"],
+                                capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return f"rqsup {rqsup.__version__}"
+    if not head:
+        return f"rqsup {rqsup.__version__}"
+    dirty = [ln[3:] for ln in status.splitlines() if ln.strip()]
+    note = f" + uncommitted changes to {', '.join(dirty)}" if dirty else ""
+    return f"rqsup {rqsup.__version__} @ {head}{note}"
+
+
 def machine_info(url: str, transport: str) -> dict[str, Any]:
     model = "unknown"
     try:
@@ -420,6 +463,7 @@ def machine_info(url: str, transport: str) -> dict[str, Any]:
         "redis_server": redis_version,
         "redis_py": redis.__version__,
         "transport": transport,
+        "rqsup": rqsup_source(),
     }
 
 
@@ -463,6 +507,7 @@ def print_report(info: dict[str, Any], runs: int, res: Results, tg: list[dict[st
           f"Python {info['python']}, redis-server {info['redis_server']}, "
           f"redis-py {info['redis_py']}, transport: {info['transport']}, "
           f"runs per row: {runs}")
+    print(f"measured: {info['rqsup']}")
     print(f"load average at start {info['load_avg_at_start']}, at end "
           f"{[round(x, 2) for x in os.getloadavg()]} (other processes skew the figures)")
     headers = ("benchmark", "median", "min", "max", "unit")
@@ -531,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     srv.start()
     res = Results()
     q: Queue | None = None
+    rr_queues: list[Queue] = []
     try:
         url = srv.url
         info = machine_info(url, transport)
@@ -545,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         steps += [
             ("thread no-op", lambda: bench_noop(q, url, res, "thread", THREAD_CONCURRENCY)),
-            ("request/response", lambda: bench_request_response(q, url, res)),
+            ("request/response", lambda: bench_request_response(url, res, rr_queues)),
             ("PING", lambda: bench_ping(url, res)),
             ("EVALSHA", lambda: bench_evalsha(url, res)),
         ]
@@ -561,11 +607,13 @@ def main(argv: list[str] | None = None) -> int:
                     res.problems.append(f"{label} run {i + 1}: {type(exc).__name__}: {exc}")
                 print(f"  {label}: run {i + 1}/{runs} done in {time.perf_counter() - t0:.1f}s",
                       file=sys.stderr, flush=True)
-        q.obliterate(force=True)
     finally:
         measured = len(collector.records)
-        if q is not None:
-            q.close()
+        for rq in [q, *rr_queues]:
+            if rq is not None:
+                with contextlib.suppress(Exception):
+                    rq.obliterate(force=True)
+                rq.close()
         log_tail = srv._log_tail()
         srv.cleanup()
         shutil.rmtree(data_dir, ignore_errors=True)

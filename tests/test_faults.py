@@ -6,6 +6,8 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from rqsup import AsyncQueue, Queue
 from rqsup.errors import Code
 from rqsup.redis_server import RedisServer
@@ -186,3 +188,40 @@ def test_claim_reply_lost_jobs_are_given_back(redis_url: str) -> None:
     assert given == [idb.encode()] and b.state() == "wait" and a.state() == "active"
     wait_until(lambda: q.get_job(idb) is not None, "job b kept")
     assert q.get_job(idb).stalled_count == 0  # type: ignore[union-attr]
+
+
+def test_a_processor_raising_timeouterror_fails_its_job(redis_url: str) -> None:
+    async def proc(job: ActiveJob) -> None:
+        raise TimeoutError("upstream timed out")
+
+    async def main() -> None:
+        q = AsyncQueue("te", redis_url)
+        w = Worker("te", proc, url=redis_url)
+        t = asyncio.create_task(w.run())
+        from rqsup import JobFailed
+
+        with pytest.raises(JobFailed, match="upstream timed out"):
+            await q.call("x", None, timeout=10)
+        await w.close()
+        await t
+
+    asyncio.run(main())
+
+
+def test_a_reused_job_id_never_gets_the_old_outcome(redis_url: str) -> None:
+    async def proc(job: ActiveJob) -> Any:
+        return job.data
+
+    async def main() -> None:
+        q = AsyncQueue("reuse", redis_url)
+        w = Worker("reuse", proc, url=redis_url)
+        t = asyncio.create_task(w.run())
+        assert await q.call("x", "first", timeout=10, job_id="req-1") == "first"
+        await w.close()
+        await t
+        await (await q.get_job("req-1")).remove()  # type: ignore[union-attr]
+        # no worker runs now: the new job must not be answered from memory
+        with pytest.raises(TimeoutError):
+            await q.call("x", "second", timeout=0.5, job_id="req-1")
+
+    asyncio.run(main())

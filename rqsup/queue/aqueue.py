@@ -95,7 +95,7 @@ class AsyncQueue:
             if not fut.done():
                 fut.set_result(outcome)
 
-        early = reader.book.register(job_id, slot)
+        early = reader.book.register(job_id, slot, after_id)
         if early is not None:
             return resolve(job_id, early)
         try:

@@ -110,7 +110,7 @@ class Queue:
             box.append(outcome)
             done.set()
 
-        early = reader.book.register(job_id, slot)
+        early = reader.book.register(job_id, slot, after_id)
         if early is not None:
             return resolve(job_id, early)
         try:

@@ -24,7 +24,14 @@ import redis.asyncio as aredis
 
 from rqsup.errors import JobFailed, JobNotFound
 from rqsup.queue import codec
-from rqsup.queue.events import BLOCK_MS, Event, alast_stream_id, last_stream_id, parse_entries
+from rqsup.queue.events import (
+    BLOCK_MS,
+    Event,
+    alast_stream_id,
+    last_stream_id,
+    parse_entries,
+    stream_id_key,
+)
 from rqsup.queue.record import JobRecord
 
 log = logging.getLogger("rqsup.waiters")
@@ -83,12 +90,23 @@ class WaiterBook:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.slots: dict[str, list[Callable[[Outcome], None]]] = {}
-        self.recent: OrderedDict[str, Outcome] = OrderedDict()
+        #: job id -> (stream id of the outcome event, outcome)
+        self.recent: OrderedDict[str, tuple[str, Outcome]] = OrderedDict()
 
-    def register(self, job_id: str, slot: Callable[[Outcome], None]) -> Outcome | None:
+    def register(
+        self, job_id: str, slot: Callable[[Outcome], None], after_id: str | None
+    ) -> Outcome | None:
+        """Only an outcome newer than ``after_id`` (the job's ``added`` event) is
+        this job's: ids are reused after removal or obliterate. Without
+        ``after_id`` the caller checks Redis itself."""
         with self.lock:
-            if job_id in self.recent:
-                return self.recent[job_id]
+            hit = self.recent.get(job_id)
+            if (
+                hit is not None
+                and after_id is not None
+                and stream_id_key(hit[0]) > stream_id_key(after_id)
+            ):
+                return hit[1]
             self.slots.setdefault(job_id, []).append(slot)
             return None
 
@@ -107,7 +125,7 @@ class WaiterBook:
                 outcome = outcome_from_event(ev)
                 if outcome is None or ev.job_id is None:
                     continue
-                self.recent[ev.job_id] = outcome
+                self.recent[ev.job_id] = (ev.stream_id, outcome)
                 if len(self.recent) > RECENT_OUTCOMES:
                     self.recent.popitem(last=False)
                 for slot in self.slots.pop(ev.job_id, ()):

@@ -241,10 +241,12 @@ class Worker:
             if r.lost:
                 return  # lease lost or shutdown: the outcome is not ours to write
             raise
-        except TimeoutError:
+        except TimeoutError as exc:
+            # The processor's own TimeoutError is an ordinary failure.
+            err: BaseException = exc
             if cm.expired():
-                exc = JobTimedOut(f"job timed out after {timeout_s:g}s (timeout option)")
-            self._fail(r, error_info(exc))
+                err = JobTimedOut(f"job timed out after {timeout_s:g}s (timeout option)")
+            self._fail(r, error_info(err))
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
