@@ -18,10 +18,11 @@ local codes = {}
 for i = 0, c - 1 do
   local b = 5 + i * 5
   local id, token = ARGV[b], ARGV[b + 1]
-  local held = check_lease(id, token)
+  local held = check_lease(id, token, 'completed')
   if held == 1 then
     redis.call('ZREM', k.active, id)
-    redis.call('HSET', PREFIX .. id, 'returnvalue', ARGV[b + 2], 'finished_on', now)
+    redis.call('HSET', PREFIX .. id, 'returnvalue', ARGV[b + 2], 'finished_on', now,
+      'ended', 'completed')
     redis.call('HINCRBY', PREFIX .. id, 'attempts_made', 1)
     emit('event', 'completed', 'id', id, 'returnvalue', ARGV[b + 2])
     finish_job(id, k.completed, now, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]))

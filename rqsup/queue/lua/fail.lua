@@ -7,7 +7,7 @@ ARGV: [1] number of failures F, then 8 values per failure:
       retry_delay_ms (-1: fail for good, e.g. UnrecoverableError),
       keep_count, keep_age_ms (retention of failed jobs, as in complete.lua)
 Returns: {code per failure}: 1 retry now (wait), 2 retry later (delayed),
-  3 failed for good, 0 already done by this token (idempotent retry),
+  3 failed for good, 0 this token already failed this attempt (idempotent resend; a token that completed the job gets -3),
   -1 job not found, -2 lease lost, -3 not active.
 Events: retrying {id, attempts_made, delay, reason} or
         failed {id, reason, error_type, stacktrace, attempts_made}.
@@ -21,13 +21,14 @@ for i = 0, f - 1 do
   local id, token = ARGV[b], ARGV[b + 1]
   local reason, etype, stack = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   local delay = tonumber(ARGV[b + 5])
-  local held = check_lease(id, token)
+  local held = check_lease(id, token, 'failed')
   if held == 1 then
     local jk = PREFIX .. id
     redis.call('ZREM', k.active, id)
     local made = redis.call('HINCRBY', jk, 'attempts_made', 1)
     local attempts = tonumber(redis.call('HGET', jk, 'attempts')) or 1
-    redis.call('HSET', jk, 'failed_reason', reason, 'error_type', etype, 'stacktrace', stack)
+    redis.call('HSET', jk, 'failed_reason', reason, 'error_type', etype, 'stacktrace', stack,
+      'ended', 'failed')
     if delay >= 0 and made < attempts then
       if delay > 0 then
         redis.call('ZADD', k.delayed, now + delay, id)

@@ -6,10 +6,7 @@ Events: none (logs are read with job.logs()).
 ]]
 --@include common
 local held = check_lease(ARGV[1], ARGV[2])
-if held ~= 1 then
-  if held == 0 then return -3 end
-  return held
-end
+if held ~= 1 then return held end
 local lk = PREFIX .. ARGV[1] .. ':logs'
 local n = 0
 for i = 4, #ARGV do n = redis.call('RPUSH', lk, ARGV[i]) end

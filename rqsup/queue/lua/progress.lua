@@ -6,10 +6,7 @@ Events: progress {id, progress}.
 ]]
 --@include common
 local held = check_lease(ARGV[1], ARGV[2])
-if held ~= 1 then
-  if held == 0 then return -3 end
-  return held
-end
+if held ~= 1 then return held end
 redis.call('HSET', PREFIX .. ARGV[1], 'progress', ARGV[3])
 emit('event', 'progress', 'id', ARGV[1], 'progress', ARGV[3])
 return 0

@@ -68,14 +68,17 @@ local function delete_job(id)
 end
 
 -- Lease check for the holder of `token`: 1 the lease is held; 0 this very
--- token already finished the job (an idempotent retry); or a negative code.
-local function check_lease(id, token)
+-- token already ended the attempt with the same operation `op` ('completed'
+-- or 'failed': an idempotent resend); or a negative code.
+local function check_lease(id, token, op)
   local jk = PREFIX .. id
-  local tok = redis.call('HGET', jk, 'token')
+  local f = redis.call('HMGET', jk, 'token', 'ended')
+  local tok = f[1]
   local in_active = redis.call('ZSCORE', k.active, id)
   if tok == token then
     if in_active then return 1 end
-    return 0
+    if op and f[2] == op then return 0 end
+    return -3
   end
   if not tok and redis.call('EXISTS', jk) == 0 then return -1 end
   if in_active then return -2 end
