@@ -270,9 +270,12 @@ def test_malformed_and_orphan_jobs_fail_alone(redis_url: str) -> None:
         t = await started(w)
         assert await good.wait(5) == "fine" and await good2.wait(5) == "fine"
         bad = await q.get_job("bad")
-        await await_until(lambda: bad.refresh(), "bad job read")  # type: ignore[union-attr]
         assert bad is not None
-        await await_until(lambda: bad.state(), "bad job state")
+
+        async def bad_failed() -> bool:
+            return await bad.state() == "failed"  # type: ignore[union-attr]
+
+        await await_until(bad_failed, "the malformed job to fail")
         assert await bad.state() == "failed"
         await bad.refresh()
         assert bad.error_type == "MalformedJob" and "not valid JSON" in (bad.failed_reason or "")

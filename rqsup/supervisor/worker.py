@@ -173,12 +173,15 @@ class Worker:
         self.claiming = False
         loops[1].cancel()  # no more waiting for work
         deadline = time.monotonic() + self._close_timeout_s
-        while self.busy_count() and time.monotonic() < deadline:
-            tasks = [r.task for r in self.running.values() if r.task and not r.finished]
-            if tasks:
-                await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-            else:
-                await asyncio.sleep(0.01)  # thread-mode jobs: their futures land soon
+        while time.monotonic() < deadline:
+            # Every running job has a task (thread jobs await their thread in it).
+            tasks = [
+                r.task for r in self.running.values()
+                if r.task and not r.finished and not r.task.done()
+            ]
+            if not tasks:
+                break
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
         leftovers = [r for r in self.running.values() if not r.finished]
         for r in leftovers:
             r.lost = True
