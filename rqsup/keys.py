@@ -85,6 +85,11 @@ class QueueKeys:
     def logs(self, job_id: str) -> str:
         return f"{self.base}:job:{job_id}:logs"
 
+    def worker_wake(self, worker_id: str) -> str:
+        """A worker's private wake-up key: it blocks on it beside the marker, so
+        its own close can wake it (a marker wake may go to another worker)."""
+        return f"{self.base}:wake:{worker_id}"
+
     @property
     def job_prefix(self) -> str:
         """Prefix that scripts append a job id to (they never invent other keys)."""

@@ -11,7 +11,7 @@ import pytest
 
 from rqsup import AsyncQueue, InvalidOption, JobFailed, Queue, UnrecoverableError
 from rqsup.supervisor import ActiveJob, Worker
-from tests.helpers import await_until
+from tests.helpers import await_until, wait_until
 
 
 def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
@@ -25,6 +25,12 @@ async def started(worker: Worker) -> asyncio.Task[None]:
 async def stop(worker: Worker, task: asyncio.Task[None], timeout: float = 5) -> None:
     await worker.close(timeout)
     await task
+
+
+def leftover_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks other than the test's own (and ``run``'s wait_for wrapper)."""
+    return [t for t in asyncio.all_tasks()
+            if t is not asyncio.current_task() and "wait_for" not in repr(t.get_coro())]
 
 
 def test_async_processor_result_progress_and_logs(redis_url: str) -> None:
@@ -255,6 +261,52 @@ def test_close_waits_for_running_jobs_and_gives_back_the_rest(redis_url: str) ->
     run(main)
 
 
+def test_close_in_the_middle_of_claims_leaves_nothing_active(redis_url: str) -> None:
+    """Close lands while claims are in flight (a flood of short jobs, many
+    closes at random moments): nothing stays active, nothing is lost."""
+
+    async def proc(job: ActiveJob) -> int:
+        await asyncio.sleep(0)
+        return int(job.data)
+
+    async def main() -> None:
+        q = AsyncQueue("flood", redis_url)
+        total = 3000
+        await q.add_bulk([("n", i) for i in range(total)])
+        for round_no in range(6):
+            w = Worker("flood", proc, url=redis_url, concurrency=20)
+            t = await started(w)
+            await await_until(lambda w=w: w.processed > 0, "some jobs done")
+            await asyncio.sleep(0.001 * round_no)  # vary where the close lands
+            await stop(w, t, timeout=1)
+            assert leftover_tasks() == [], round_no
+            counts = await q.counts()
+            assert counts["active"] == 0, (round_no, counts)
+            assert counts["wait"] + counts["completed"] == total, (round_no, counts)
+        raw = q.client
+        assert await raw.keys("rqsup:{flood}:wake:*") == []  # private wake keys cleaned
+
+    run(main)
+
+
+def test_idle_worker_closes_promptly(redis_url: str) -> None:
+    async def proc(job: ActiveJob) -> None: ...
+
+    async def main() -> None:
+        w = Worker("idle", proc, url=redis_url, block_timeout_s=30)
+        t = await started(w)
+        await await_until(lambda: w.pump.idle.is_set(), "worker idle")
+        await asyncio.sleep(0.05)  # let it block on the marker
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await stop(w, t)
+        # Blocked for up to 30 s on Redis, it is woken by its own wake key.
+        assert loop.time() - began < 5
+        assert leftover_tasks() == []  # nothing of the worker still running
+
+    run(main)
+
+
 def test_malformed_and_orphan_jobs_fail_alone(redis_url: str) -> None:
     async def proc(job: ActiveJob) -> str:
         return "fine"
@@ -321,3 +373,59 @@ def test_sync_call_from_another_thread(redis_url: str) -> None:
     finally:
         stop_evt[0]()
         th.join(20)
+
+
+def test_sync_event_reader_survives_errors_and_stops_with_its_queue(redis_url: str) -> None:
+    from rqsup.queue.waiters import SyncEventReader
+
+    async def proc(job: ActiveJob) -> Any:
+        return job.data * 2
+
+    ready = threading.Event()
+    stop_evt: list[Callable[[], None]] = []
+
+    def worker_thread() -> None:
+        async def main() -> None:
+            w = Worker("r", proc, url=redis_url)
+            t = asyncio.create_task(w.run())
+            loop = asyncio.get_running_loop()
+            done = asyncio.Event()
+            stop_evt.append(lambda: loop.call_soon_threadsafe(done.set))
+            ready.set()
+            await done.wait()
+            await stop(w, t)
+
+        asyncio.run(main())
+
+    th = threading.Thread(target=worker_thread)
+    th.start()
+    assert ready.wait(10)
+    try:
+        q = Queue("r", redis_url)
+        assert q.call("x", 1, timeout=10) == 2
+        reader = SyncEventReader.for_queue(q.client, q.core.keys.events, None)
+        # A non-connection error inside the reader (as a client closed under it
+        # gives) must not kill it: it logs, backs off and reads on.
+        real_xread = reader.client.xread
+        calls = {"n": 0}
+
+        def flaky_xread(*a: Any, **kw: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise TypeError("planted reader fault")
+            return real_xread(*a, **kw)
+
+        reader.client.xread = flaky_xread  # type: ignore[method-assign]
+        wait_until(lambda: calls["n"] >= 2, "the reader to read again after the fault")
+        assert reader.is_alive()
+        assert q.call("x", 2, timeout=10) == 4
+        reader.client.xread = real_xread  # type: ignore[method-assign]
+        q.close()
+        wait_until(lambda: not reader.is_alive(), "the reader to stop with its queue")
+        q2 = Queue("r", redis_url)
+        assert q2.call("x", 3, timeout=10) == 6  # a fresh reader serves the new client
+        q2.close()
+    finally:
+        stop_evt[0]()
+        th.join(20)
+

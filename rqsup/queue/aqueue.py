@@ -51,6 +51,7 @@ class AsyncQueue:
         return f"AsyncQueue({self.core.name!r}, prefix={self.core.prefix!r})"
 
     async def close(self) -> None:
+        AsyncEventReader.stop_for(self.client)
         if self._own_client:
             await self.client.aclose()
 

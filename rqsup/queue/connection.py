@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -36,3 +38,14 @@ def async_client(url: str | None) -> aredis.Redis:
         retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         health_check_interval=30,
     )
+
+
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+
+
+def reraise_if_cancelling() -> None:
+    """redis-py may turn the cancellation of a blocked call into a connection
+    error; a loop that catches connection errors must not swallow a cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -54,6 +54,7 @@ class Queue:
         return f"Queue({self.core.name!r}, prefix={self.core.prefix!r})"
 
     def close(self) -> None:
+        SyncEventReader.stop_for(self.client)
         if self._own_client:
             self.client.close()
 

@@ -24,6 +24,7 @@ import redis.asyncio as aredis
 
 from rqsup.errors import JobFailed, JobNotFound
 from rqsup.queue import codec
+from rqsup.queue.connection import reraise_if_cancelling
 from rqsup.queue.events import (
     BLOCK_MS,
     Event,
@@ -150,27 +151,40 @@ class SyncEventReader(threading.Thread):
         self.key = key
         self.position = start_id
         self.book = WaiterBook()
-        self.stopped = False
+        self.halt = threading.Event()  # set by stop_for or when idle too long
 
     @classmethod
     def for_queue(cls, client: redis.Redis, key: str, start_id: str | None) -> SyncEventReader:
         ident = (id(client.connection_pool), key)
         with cls._registry_lock:
             reader = cls._registry.get(ident)
-            if reader is None or reader.stopped:
+            if reader is None or reader.halt.is_set() or not reader.is_alive():
                 reader = cls(client, key, start_id or last_stream_id(client, key))
                 cls._registry[ident] = reader
                 reader.start()
             return reader
 
+    @classmethod
+    def stop_for(cls, client: redis.Redis) -> None:
+        """Stop the readers that use ``client`` (its owner is closing it); each
+        ends within one block interval."""
+        pool = id(client.connection_pool)
+        with cls._registry_lock:
+            for ident in [i for i in cls._registry if i[0] == pool]:
+                cls._registry.pop(ident).halt.set()
+
     def run(self) -> None:
         idle_since = time.monotonic()
         backoff_s = 0.05
-        while True:
+        while not self.halt.is_set():
             try:
                 reply = self.client.xread({self.key: self.position}, count=1000, block=BLOCK_MS)
                 backoff_s = 0.05
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except Exception as exc:
+                # Any error (a lost connection, a client closed under us): a
+                # reader that died would leave every waiter on the slow check.
+                if self.halt.is_set():
+                    return
                 log.warning("event reader %s: %s; retrying in %.2fs", self.key, exc, backoff_s)
                 time.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
@@ -185,7 +199,7 @@ class SyncEventReader(threading.Thread):
             elif time.monotonic() - idle_since > READER_IDLE_S:
                 with self._registry_lock, self.book.lock:
                     if not self.book.slots:
-                        self.stopped = True
+                        self.halt.set()
                         return
 
 
@@ -220,6 +234,16 @@ class AsyncEventReader:
                 reader.task = loop.create_task(reader.run(), name=f"rqsup-events {key}")
         return reader
 
+    @classmethod
+    def stop_for(cls, client: aredis.Redis) -> None:
+        """Cancel this loop's readers that use ``client`` (it is being closed)."""
+        readers = cls._registry.get(asyncio.get_running_loop(), {})
+        pool = id(client.connection_pool)
+        for ident in [i for i in readers if i[0] == pool]:
+            task = readers.pop(ident).task
+            if task is not None:
+                task.cancel()
+
     async def run(self) -> None:
         idle_since = time.monotonic()
         backoff_s = 0.05
@@ -229,7 +253,8 @@ class AsyncEventReader:
                     {self.key: self.position}, count=1000, block=BLOCK_MS
                 )
                 backoff_s = 0.05
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except Exception as exc:  # as in the sync reader: never die silently
+                reraise_if_cancelling()
                 log.warning("event reader %s: %s; retrying in %.2fs", self.key, exc, backoff_s)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)

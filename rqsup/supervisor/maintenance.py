@@ -12,8 +12,8 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from rqsup.queue import codec
+from rqsup.queue.connection import CONNECTION_ERRORS, reraise_if_cancelling
 from rqsup.queue.options import DEFAULT_KEEP_FAILED
-from rqsup.supervisor.pump import CONNECTION_ERRORS, reraise_if_cancelling
 
 if TYPE_CHECKING:
     from rqsup.supervisor.worker import Worker
@@ -87,7 +87,9 @@ async def wait_for_work(w: Worker) -> None:
             timeout_s = min(timeout_s, pump.next_due_ms / 1000)
         if timeout_s > 0:
             try:
-                await w.block_client.bzpopmin(w.core.keys.marker, max(timeout_s, 0.001))
+                await w.block_client.bzpopmin(
+                    [w.core.keys.marker, w.wake_key], max(timeout_s, 0.001)
+                )
                 reraise_if_cancelling()
                 backoff_s = 0.05
             except CONNECTION_ERRORS as exc:

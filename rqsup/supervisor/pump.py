@@ -12,28 +12,15 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from rqsup.errors import Code
 from rqsup.queue import codec
+from rqsup.queue.connection import CONNECTION_ERRORS, reraise_if_cancelling
 from rqsup.queue.scripts import Batch, Script
 
 if TYPE_CHECKING:
     from rqsup.supervisor.worker import Worker
 
 log = logging.getLogger("rqsup.worker")
-
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
-#: Fail codes from fail.lua, for logs.
-
-
-def reraise_if_cancelling() -> None:
-    """redis-py may turn the cancellation of a blocked call into a connection
-    error; a loop that catches connection errors must not swallow a cancel."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
 
 _FAIL_OUTCOMES = {1: "retrying now", 2: "retrying later", 3: "failed", 0: "already recorded"}
 
@@ -57,6 +44,8 @@ class Pump:
         #: Tokens whose outcome was sent in a call that failed: the first send
         #: may have landed, and retention may have removed the job since.
         self.resent: set[str] = set()
+        #: Set by the worker's close: send what is queued, then return.
+        self.stopping = False
 
     # -- called by the worker when a job does something ------------------------
 
@@ -83,8 +72,10 @@ class Pump:
     # -- the loop ------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Loop until ``stopping``; a stop never interrupts a call in flight, so
+        the reply of a claim is never lost to a cancel."""
         backoff_s = 0.05
-        while True:
+        while not self.stopping:
             await self.wake.wait()
             self.wake.clear()
             while self.pending() or self._claim_count() > 0 or self.check_orphans:
@@ -102,17 +93,6 @@ class Pump:
         if not (self.w.claiming and self.maybe_work):
             return 0
         return max(0, self.w.concurrency - self.w.busy_count())
-
-    async def flush(self) -> None:
-        """Send everything queued (used at shutdown), retrying through outages."""
-        backoff_s = 0.05
-        while self.pending() or self.check_orphans:
-            try:
-                await self._step()
-            except CONNECTION_ERRORS:
-                reraise_if_cancelling()
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
 
     async def _step(self) -> None:
         w = self.w
@@ -181,6 +161,10 @@ class Pump:
     def _claimed(self, claim: list[Any], asked: int) -> None:
         self.next_due_ms = int(claim[0])
         jobs = claim[1:]
+        if not self.w.claiming:
+            # Claimed by a call that was in flight when close began: leave them
+            # active under our id; the close gives back all of them at once.
+            return
         for job_id, token, fields in jobs:
             self.w.start_job(codec.text(job_id), codec.text(token), fields)
         if asked > 0 and len(jobs) < asked:

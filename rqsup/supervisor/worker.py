@@ -10,6 +10,7 @@ timer of their own, so a busy processor never loses its lease.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -24,7 +25,7 @@ import redis.asyncio as aredis
 from rqsup import backoff
 from rqsup.errors import Code, EncodeError, InvalidOption, MalformedJob, error_info
 from rqsup.queue import codec
-from rqsup.queue.connection import async_client
+from rqsup.queue.connection import CONNECTION_ERRORS, async_client
 from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import AsyncDriver
 from rqsup.queue.options import JobOptions
@@ -105,6 +106,7 @@ class Worker:
         self.client = connection if connection is not None else async_client(url)
         self._own_client = connection is None
         self.block_client = self.client
+        self.wake_key = self.core.keys.worker_wake(self.worker_id)
         self.driver = AsyncDriver(self.client)
         self.running: dict[str, Running] = {}  # by token
         self.claiming = True
@@ -132,27 +134,28 @@ class Worker:
         self._started = True
         log.info("worker %s: queue %s, mode %s, concurrency %d",
                  self.worker_id, self.queue_name, self.mode, self.concurrency)
-        loops = [
-            asyncio.create_task(self.pump.run(), name="rqsup pump"),
-            asyncio.create_task(maintenance.wait_for_work(self), name="rqsup wait-for-work"),
+        pump = asyncio.create_task(self.pump.run(), name="rqsup pump")
+        waiter = asyncio.create_task(maintenance.wait_for_work(self), name="rqsup wait-for-work")
+        timers = [
             asyncio.create_task(maintenance.renew_leases(self), name="rqsup renew"),
             asyncio.create_task(maintenance.sweep_stalled(self), name="rqsup sweep"),
         ]
+        loops = [pump, waiter, *timers]
         try:
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop, *loops], return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 if t is not stop:
                     t.result()  # a loop died: raise its error
-            await self._drain(loops)
+            await self._drain(pump, waiter)
         finally:
             for t in loops:
                 t.cancel()
-            # Bounded: a blocked redis-py call can swallow a cancel; it returns
-            # within block_timeout_s on its own and then finds claiming off.
+            # Bounded: a blocked redis-py call can swallow a cancel.
             _done, pending = await asyncio.wait(loops, timeout=2.0)
             if pending:
-                log.warning("worker %s: %d loop(s) still stopping", self.worker_id, len(pending))
+                log.warning("worker %s: %d loop(s) still stopping: %s", self.worker_id,
+                            len(pending), [t.get_name() for t in pending])
             if self._threads:
                 self._threads.shutdown()
             if self._own_client:
@@ -169,9 +172,13 @@ class Worker:
         elif self._own_client:
             await self.client.aclose()
 
-    async def _drain(self, loops: list[asyncio.Task[Any]]) -> None:
+    async def _drain(self, pump: asyncio.Task[None], waiter: asyncio.Task[None]) -> None:
+        """Nothing is cancelled in the middle of a Redis call here: a cancel can
+        lose a reply (a claim's jobs would sit active until their lease ran out)."""
         self.claiming = False
-        loops[1].cancel()  # no more waiting for work
+        self.pump.idle.set()  # the wait-for-work loop sees claiming off and returns
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await self.client.zadd(self.wake_key, {"stop": 0})  # wake our blocked wait
         deadline = time.monotonic() + self._close_timeout_s
         while time.monotonic() < deadline:
             # Every running job has a task (thread jobs await their thread in it).
@@ -182,14 +189,36 @@ class Worker:
             if not tasks:
                 break
             await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-        leftovers = [r for r in self.running.values() if not r.finished]
-        for r in leftovers:
-            r.lost = True
-            if r.task:
-                r.task.cancel()
-        await self.pump.flush()
-        if leftovers:
-            ids = await self.driver.execute(self.core.script("requeue_worker", self.worker_id, 0))
+        for r in self.running.values():
+            if not r.finished:
+                r.lost = True
+                if r.task:
+                    r.task.cancel()
+        # The pump sends what is queued (outcomes, the orphan check), then returns.
+        self.pump.stopping = True
+        self.pump.wake.set()
+        grace = max(5.0, self.block_timeout_s)
+        await asyncio.wait([pump, waiter], timeout=grace)
+        if not pump.done():
+            log.error("worker %s: could not write queued outcomes within %.0fs (Redis "
+                      "unreachable?); the stall sweeper will recover their jobs",
+                      self.worker_id, grace)
+            return
+        pump.result()
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await self.client.delete(self.wake_key)
+        # Everything still active under our id (jobs cut off above, jobs of a
+        # claim that was in flight when the close began) goes back at once.
+        try:
+            ids = await asyncio.wait_for(
+                self.driver.execute(self.core.script("requeue_worker", self.worker_id, 0)),
+                grace,
+            )
+        except (*CONNECTION_ERRORS, TimeoutError) as exc:
+            log.error("worker %s: could not give back unfinished jobs (%s); the stall "
+                      "sweeper will recover them", self.worker_id, exc)
+            return
+        if ids:
             log.warning("worker %s: gave back %d unfinished job(s): %s", self.worker_id,
                         len(ids), [codec.text(i) for i in ids])
 
