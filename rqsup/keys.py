@@ -26,6 +26,7 @@ QUEUE_SUFFIXES = (
     "events",  # STREAM: capped event log
     "fence",  # STRING: monotonic fencing-token counter
     "stall-check",  # STRING: one stall sweep per interval, cluster-wide
+    "idle",  # ZSET: workers blocked for work, "<lease_ms>|<worker id>" -> expiry (ms)
 )
 
 _FORBIDDEN_IN_NAMES = set("{}:\r\n\0 ")
@@ -156,3 +157,7 @@ class QueueKeys:
     @property
     def stall_check(self) -> str:
         return self.key("stall-check")
+
+    @property
+    def idle(self) -> str:
+        return self.key("idle")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 
 from rqsup import AsyncQueue, EncodeError, InvalidOption, JobNotFound, JobStateError, Queue
@@ -59,6 +60,43 @@ def test_claim_order_wait_fifo_then_lifo_then_priority(redis_url: str) -> None:
     order = [i for i, _t in claim(q, 10)]
     # no-priority jobs first (LIFO at the head), then priority 1 FIFO, then 5
     assert order == [lifo, w1, w2, p1, p1b, p5]
+
+
+def test_hand_off_gives_an_added_job_to_a_registered_idle_worker(redis_url: str) -> None:
+    q = Queue("h", redis_url)
+    r = q.client
+    # A short claim with idle_ms registers the worker; the next add is claimed
+    # for it at once and put in its inbox (no marker wake, no claim call).
+    assert q._driver.execute(q.core.script("claim", 1, "w1", 30_000, 5_000))[1:] == []
+    assert r.zrange(q.core.keys.idle, 0, -1) == [b"30000|w1"]
+    job = q.add("x", {"v": 1})
+    assert job.state() == "active"
+    rec = q.get_job(job.id)
+    assert rec is not None and rec.worker == "w1"
+    [member] = r.zrange(q.core.keys.worker_wake("w1"), 0, -1)
+    job_id, token, _fields = orjson.loads(member)
+    assert job_id == job.id and r.zrange(q.core.keys.idle, 0, -1) == []  # one job per registration
+    assert 0 < r.pttl(q.core.keys.worker_wake("w1")) <= 30_000
+    # The next add finds nobody idle: it waits and wakes the marker.
+    assert q.add("x").state() == "wait"
+    # A claim takes the inbox first (token checked), then the queue.
+    got = claim(q, 2, "w1")
+    assert got[0] == (job.id, token) and [i for i, _t in got] == [job.id, "2"]
+
+
+def test_no_hand_off_when_paused_expired_or_work_is_waiting(redis_url: str) -> None:
+    q = Queue("h2", redis_url)
+    idle = q.core.keys.idle
+    register = q.core.script("claim", 1, "w1", 30_000, 60_000)
+    q._driver.execute(register)
+    q.pause()
+    assert q.add("x").state() == "wait"  # paused: nothing is handed off
+    q.resume()
+    assert q.client.zcard(idle) == 1  # the registration is still there
+    assert q.add("x").state() == "wait"  # another job waits: keep FIFO order
+    q.drain()
+    q.client.zadd(idle, {"30000|w1": 1})  # a registration that expired long ago
+    assert q.add("x").state() == "wait" and q.client.zcard(idle) == 0
 
 
 def test_pause_stops_claims_and_resume_restores_them(redis_url: str) -> None:

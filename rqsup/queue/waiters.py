@@ -252,6 +252,8 @@ class AsyncEventReader:
                 reply = await self.client.xread(
                     {self.key: self.position}, count=1000, block=BLOCK_MS
                 )
+                # redis-py can swallow a cancel that lands in a blocked read.
+                reraise_if_cancelling()
                 backoff_s = 0.05
             except Exception as exc:  # as in the sync reader: never die silently
                 reraise_if_cancelling()

@@ -11,6 +11,8 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from rqsup.queue import codec
 from rqsup.queue.connection import CONNECTION_ERRORS, reraise_if_cancelling
 from rqsup.queue.options import DEFAULT_KEEP_FAILED
@@ -73,6 +75,14 @@ async def sweep_stalled(w: Worker) -> None:
         await asyncio.sleep(w.stall_interval_s * random.uniform(0.5, 1.0))
 
 
+def handed_off(w: Worker, member: bytes) -> None:
+    """An add claimed a job for us and woke us with it (add.lua, hand-off)."""
+    if not member.startswith(b"[") or not w.claiming:
+        return  # a stop wake; or closing: the job is given back with the rest
+    job_id, token, fields = orjson.loads(member)
+    w.start_job(job_id, token, fields)
+
+
 async def wait_for_work(w: Worker) -> None:
     """While the queue looks drained, block on the marker until an add (or a due
     delayed job) may have made work; never sleep-and-poll."""
@@ -87,10 +97,12 @@ async def wait_for_work(w: Worker) -> None:
             timeout_s = min(timeout_s, pump.next_due_ms / 1000)
         if timeout_s > 0:
             try:
-                await w.block_client.bzpopmin(
-                    [w.core.keys.marker, w.wake_key], max(timeout_s, 0.001)
+                popped: Any = await w.block_client.bzpopmin(
+                    [w.wake_key, w.core.keys.marker], max(timeout_s, 0.001)
                 )
                 reraise_if_cancelling()
+                if popped and codec.text(popped[0]) == w.wake_key:
+                    handed_off(w, popped[1])
                 backoff_s = 0.05
             except CONNECTION_ERRORS as exc:
                 reraise_if_cancelling()

@@ -117,6 +117,7 @@ class Pump:
             c_args: list[Any] = [len(completes), claim_n, w.worker_id, w.lease_ms]
             for _id, _tok, args in completes:
                 c_args.extend(args)
+            c_args.append(w.idle_ms)  # a short claim registers us for hand-offs
             reqs.append(w.core.script("complete", *c_args))
         else:
             claim_n = -1  # no claim in this call

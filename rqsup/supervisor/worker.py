@@ -107,6 +107,10 @@ class Worker:
         self._own_client = connection is None
         self.block_client = self.client
         self.wake_key = self.core.keys.worker_wake(self.worker_id)
+        #: How long a short claim registers us for hand-offs: past our next
+        #: re-claim (one block timeout), so a live idle worker stays listed.
+        self.idle_ms = round((block_timeout_s + 1.0) * 1000)
+        self.idle_member = f"{self.lease_ms}|{self.worker_id}"
         self.driver = AsyncDriver(self.client)
         self.running: dict[str, Running] = {}  # by token
         self.claiming = True
@@ -178,7 +182,9 @@ class Worker:
         self.claiming = False
         self.pump.idle.set()  # the wait-for-work loop sees claiming off and returns
         with contextlib.suppress(*CONNECTION_ERRORS):
-            await self.client.zadd(self.wake_key, {"stop": 0})  # wake our blocked wait
+            # No more hand-offs to us; and wake our own blocked wait.
+            await self.client.zrem(self.core.keys.idle, self.idle_member)
+            await self.client.zadd(self.wake_key, {"stop": 0})
         deadline = time.monotonic() + self._close_timeout_s
         while time.monotonic() < deadline:
             # Every running job has a task (thread jobs await their thread in it).

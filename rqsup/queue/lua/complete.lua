@@ -4,7 +4,8 @@ round trip per batch of finished jobs.
 KEYS: the standard queue keys (common.lua).
 ARGV: [1] number of completions C, [2] claim N, [3] worker id, [4] lease_ms,
       then 5 values per completion: id, token, return value (JSON),
-      keep_count (-1: no limit; 0: delete now), keep_age_ms (-1: no limit)
+      keep_count (-1: no limit; 0: delete now), keep_age_ms (-1: no limit);
+      then optionally idle_ms (as ARGV[4] of claim.lua)
 Returns: {{code per completion}, claim result as in claim.lua}
   code: 0 completed (also when this token already completed it: a retried
   call is idempotent), -1 job not found, -2 lease lost, -3 not active.
@@ -33,4 +34,5 @@ for i = 0, c - 1 do
     codes[#codes + 1] = held
   end
 end
-return {codes, claim_jobs(tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), now)}
+return {codes, claim_jobs(tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), now,
+  tonumber(ARGV[5 + c * 5]) or 0)}

@@ -10,11 +10,79 @@ local function promote_due(now)
   end
 end
 
+-- Make one job active for `worker`; returns its token.
+local function activate(id, worker, deadline, now)
+  local jk = PREFIX .. id
+  local token = tostring(redis.call('INCR', k.fence))
+  redis.call('ZADD', k.active, deadline, id)
+  redis.call('HSET', jk, 'token', token, 'worker', worker, 'processed_on', now)
+  redis.call('HINCRBY', jk, 'attempts_started', 1)
+  emit('event', 'active', 'id', id)
+  return token
+end
+
+-- Hand-off: a worker whose claim came back short registers in k.idle (member
+-- "<lease_ms>|<worker>", score = expiry) while it blocks on its inbox and the
+-- marker. An add then claims a job for it directly and puts {id, token, hash}
+-- in its inbox (BZPOPMIN wakes it with the job: no claim round trip).
+local function register_idle(worker, lease_ms, idle_ms, asked, got, now)
+  if idle_ms <= 0 or asked <= 0 then return end
+  local member = lease_ms .. '|' .. worker
+  if got < asked then
+    redis.call('ZADD', k.idle, now + idle_ms, member)
+  else
+    redis.call('ZREM', k.idle, member)
+  end
+end
+
+-- At add: a registered idle worker that is alive (its member), or nil.
+local function idle_worker(now)
+  if redis.call('HEXISTS', k.meta, 'paused') == 1 then return nil end
+  redis.call('ZREMRANGEBYSCORE', k.idle, '-inf', now)
+  local w = redis.call('ZRANGE', k.idle, 0, 0)
+  if #w == 0 then return nil end
+  redis.call('ZREM', k.idle, w[1])
+  return w[1]
+end
+
+-- Claim job `id` for the idle worker `member` and put it in the worker's inbox.
+local function hand_off(id, member, now)
+  local sep = string.find(member, '|', 1, true)
+  local lease_ms = tonumber(string.sub(member, 1, sep - 1))
+  local worker = string.sub(member, sep + 1)
+  local token = activate(id, worker, now + lease_ms, now)
+  local inbox = inbox_key(worker)
+  redis.call('ZADD', inbox, now, cjson.encode({id, token, redis.call('HGETALL', PREFIX .. id)}))
+  redis.call('PEXPIRE', inbox, lease_ms)
+end
+
+-- Jobs handed to `worker` that it has not popped yet (at most n); each still
+-- checked to be active under it with that token.
+local function take_inbox(worker, n, out)
+  if n <= 0 then return 0 end
+  local got = 0
+  local items = redis.call('ZPOPMIN', inbox_key(worker), n)
+  for i = 1, #items, 2 do
+    if string.sub(items[i], 1, 1) == '[' then
+      local item = cjson.decode(items[i])
+      local jk = PREFIX .. item[1]
+      local f = redis.call('HMGET', jk, 'token', 'worker')
+      if f[1] == item[2] and f[2] == worker then
+        out[#out + 1] = {item[1], item[2], redis.call('HGETALL', jk)}
+        got = got + 1
+      end
+    end
+  end
+  return got
+end
+
 -- Claim up to n ready jobs for `worker` with a lease of lease_ms.
 -- Returns {next_delayed_in_ms or -1, {id, token, hgetall}, ...}.
-local function claim_jobs(n, worker, lease_ms, now)
+local function claim_jobs(n, worker, lease_ms, now, idle_ms)
   local out = {-1}
   promote_due(now)
+  local asked = n
+  n = n - take_inbox(worker, n, out)
   if n > 0 and redis.call('HEXISTS', k.meta, 'paused') == 0 then
     local ids = redis.call('RPOP', k.wait, n) or {}
     if #ids < n then
@@ -25,11 +93,7 @@ local function claim_jobs(n, worker, lease_ms, now)
     for _, id in ipairs(ids) do
       local jk = PREFIX .. id
       if redis.call('EXISTS', jk) == 1 then
-        local token = tostring(redis.call('INCR', k.fence))
-        redis.call('ZADD', k.active, deadline, id)
-        redis.call('HSET', jk, 'token', token, 'worker', worker, 'processed_on', now)
-        redis.call('HINCRBY', jk, 'attempts_started', 1)
-        emit('event', 'active', 'id', id)
+        local token = activate(id, worker, deadline, now)
         out[#out + 1] = {id, token, redis.call('HGETALL', jk)}
       else
         -- An id whose hash is gone (deleted by hand): drop it, say so, go on.
@@ -41,6 +105,7 @@ local function claim_jobs(n, worker, lease_ms, now)
       redis.call('ZADD', k.marker, 0, 'w')
     end
   end
+  register_idle(worker, lease_ms, idle_ms, asked, #out - 1, now)
   local nxt = redis.call('ZRANGE', k.delayed, 0, 0, 'WITHSCORES')
   if #nxt > 0 then
     local delta = tonumber(nxt[2]) - now

@@ -9,9 +9,13 @@ local k = {
   id = KEYS[1], meta = KEYS[2], wait = KEYS[3], prioritized = KEYS[4], pc = KEYS[5],
   delayed = KEYS[6], active = KEYS[7], completed = KEYS[8], failed = KEYS[9],
   waiting_children = KEYS[10], marker = KEYS[11], events = KEYS[12], fence = KEYS[13],
-  stall_check = KEYS[14],
+  stall_check = KEYS[14], idle = KEYS[15],
 }
-local PREFIX = KEYS[15]
+local PREFIX = KEYS[16]
+-- A worker's inbox (hand-off of a job at add time; see claim.lua).
+local function inbox_key(worker)
+  return string.sub(k.id, 1, -3) .. 'wake:' .. worker
+end
 
 local function now_ms()
   local t = redis.call('TIME')
