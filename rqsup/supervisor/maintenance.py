@@ -16,6 +16,7 @@ import orjson
 from rqsup.queue import codec
 from rqsup.queue.connection import CONNECTION_ERRORS, reraise_if_cancelling
 from rqsup.queue.options import DEFAULT_KEEP_FAILED
+from rqsup.queue.scripts import Batch, Script
 
 if TYPE_CHECKING:
     from rqsup.supervisor.worker import Worker
@@ -26,28 +27,46 @@ log = logging.getLogger("rqsup.worker")
 SWEEP_LIMIT = 1000
 
 
+def renew_request(w: Worker) -> Script | None:
+    """The renew call for every lease ``w`` holds (None: it holds none)."""
+    pairs: list[Any] = []
+    for r in list(w.running.values()):
+        if not r.lost:
+            pairs += [r.id, r.token]
+    return w.core.script("renew", w.lease_ms, *pairs) if pairs else None
+
+
+def apply_renew_reply(w: Worker, lost: list[Any]) -> None:
+    w.renewals += 1
+    by_id = {r.id: r for r in w.running.values()}
+    for job_id in lost:
+        hit = by_id.get(codec.text(job_id))
+        if hit is not None:
+            w.on_lease_lost(hit.id, hit.token, "at lease renewal")
+
+
+async def renew_all(workers: list[Worker]) -> bool:
+    """One pipelined round trip renews the leases of every worker given (the
+    supervisor's renewer: all queues, one call). False if Redis failed."""
+    reqs = [(w, req) for w in workers if (req := renew_request(w)) is not None]
+    if not reqs:
+        return True
+    try:
+        replies = await workers[0].driver.execute(Batch([req for _w, req in reqs]))
+    except CONNECTION_ERRORS as exc:
+        reraise_if_cancelling()
+        log.warning("lease renewal failed (%s); retrying", exc)
+        return False
+    for (w, _req), lost in zip(reqs, replies, strict=True):
+        apply_renew_reply(w, lost)
+    return True
+
+
 async def renew_leases(w: Worker) -> None:
     """Renew every lease this worker holds, in one call, every renew interval."""
     while True:
         await asyncio.sleep(w.renew_interval_s)
-        pairs: list[Any] = []
-        for r in list(w.running.values()):
-            if not r.lost:
-                pairs += [r.id, r.token]
-        if not pairs:
-            continue
-        try:
-            lost = await w.driver.execute(w.core.script("renew", w.lease_ms, *pairs))
-        except CONNECTION_ERRORS as exc:
-            reraise_if_cancelling()
-            log.warning("queue %s: lease renewal failed (%s); retrying", w.queue_name, exc)
-            continue
-        w.renewals += 1
-        by_id = {r.id: r for r in w.running.values()}
-        for job_id in lost:
-            hit = by_id.get(codec.text(job_id))
-            if hit is not None:
-                w.on_lease_lost(hit.id, hit.token, "at lease renewal")
+        await renew_all([w])
 
 
 async def sweep_stalled(w: Worker) -> None:

@@ -90,9 +90,9 @@ class Pump:
                     backoff_s = min(backoff_s * 2, 5.0)
 
     def _claim_count(self) -> int:
-        if not (self.w.claiming and self.maybe_work):
+        if not (self.maybe_work and self.w.can_claim()):
             return 0
-        return max(0, self.w.concurrency - self.w.busy_count())
+        return max(0, self.w.capacity - self.w.busy_count())
 
     async def _step(self) -> None:
         w = self.w

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import inspect
 import logging
 import os
@@ -29,19 +30,48 @@ from rqsup.queue.connection import CONNECTION_ERRORS, async_client
 from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import AsyncDriver
 from rqsup.queue.options import JobOptions
+from rqsup.queue.options import build as build_options
 from rqsup.queue.record import JobRecord, fields_of
 from rqsup.supervisor import maintenance
 from rqsup.supervisor.active import ActiveJob, Running
+from rqsup.supervisor.child import ChildJobError
+from rqsup.supervisor.pool import ChildPool, SandboxSettings
 from rqsup.supervisor.pump import Pump
 from rqsup.supervisor.threads import ThreadRunner
 
 log = logging.getLogger("rqsup.worker")
 
-MODES = ("async", "thread")
+MODES = ("async", "thread", "process")
 
 
 class JobTimedOut(Exception):
     """The job ran longer than its timeout (the reason recorded on the job)."""
+
+
+class RawJSON:
+    """A result a child already encoded as JSON: written as is."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def load_processor(spec: str) -> Callable[..., Any]:
+    """``module:function`` -> the function; errors name the processor."""
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise InvalidOption(f"processor must be 'module:function', got {spec!r}")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise InvalidOption(f"processor {spec!r} cannot be loaded: "
+                            f"{type(exc).__name__}: {exc}") from exc
+    if not callable(obj):
+        raise InvalidOption(f"processor {spec!r} is not callable")
+    return obj  # type: ignore[no-any-return]
 
 
 class Worker:
@@ -55,7 +85,7 @@ class Worker:
     def __init__(
         self,
         queue: str,
-        processor: Callable[[ActiveJob], Any],
+        processor: Callable[[ActiveJob], Any] | str,
         *,
         url: str | None = None,
         connection: aredis.Redis | None = None,
@@ -70,9 +100,17 @@ class Worker:
         stall_counts_as_attempt: bool = False,
         block_timeout_s: float = 5.0,
         backoff_strategies: Mapping[str, backoff.BackoffStrategy] | None = None,
+        job_defaults: Mapping[str, Any] | None = None,
+        sandbox: SandboxSettings | None = None,
+        worker_id: str | None = None,
+        forkserver: Any = None,
+        prefetch: int | None = None,
+        own_renewer: bool = True,
     ) -> None:
         if mode not in MODES:
             raise InvalidOption(f"mode must be one of {MODES}, got {mode!r}")
+        if isinstance(processor, str) and mode != "process":
+            processor = load_processor(processor)
         is_coro = inspect.iscoroutinefunction(processor) or inspect.iscoroutinefunction(
             getattr(processor, "__call__", None)  # noqa: B004
         )
@@ -80,6 +118,8 @@ class Worker:
             raise InvalidOption(f"mode 'async' needs a coroutine function, got {processor!r}")
         if mode == "thread" and (is_coro or not callable(processor)):
             raise InvalidOption(f"mode 'thread' needs a plain function, got {processor!r}")
+        if mode == "process" and is_coro:
+            raise InvalidOption(f"mode 'process' needs a plain function, got {processor!r}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidOption(f"concurrency must be an int >= 1, got {concurrency!r}")
         if lease_s < 1:
@@ -94,6 +134,16 @@ class Worker:
         self.processor = processor
         self.mode = mode
         self.concurrency = concurrency
+        #: Jobs held beyond the running ones (process mode): a child that frees
+        #: up starts its next job at once instead of after a Redis round trip.
+        #: Their leases are renewed like the others'.
+        if prefetch is None:
+            prefetch = concurrency if mode == "process" else 0
+        if prefetch < 0:
+            raise InvalidOption(f"prefetch must be >= 0, got {prefetch!r}")
+        self.capacity = concurrency + prefetch
+        #: False under the supervisor: its one renewer covers every queue.
+        self.own_renewer = own_renewer
         self.lease_ms = round(lease_s * 1000)
         self.renew_interval_s = renew
         self.stall_interval_s = stall_interval_s
@@ -102,7 +152,9 @@ class Worker:
         self.block_timeout_s = block_timeout_s
         self.strategies = dict(backoff_strategies or {})
         base = name or socket.gethostname()
-        self.worker_id = f"{base}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.worker_id = worker_id or f"{base}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: Queue-level job defaults (config), applied to options a job did not set.
+        self.default_opts = build_options({}, job_defaults or {})[1].to_json_dict()
         self.client = connection if connection is not None else async_client(url)
         self._own_client = connection is None
         self.block_client = self.client
@@ -117,7 +169,13 @@ class Worker:
         self.renewals = 0
         self.processed = 0
         self._threads = ThreadRunner(queue) if mode == "thread" else None
+        self.pool = (
+            ChildPool(queue, processor, concurrency, sandbox, ctx=forkserver)
+            if mode == "process" else None
+        )
+        self._prepared = False
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._done = asyncio.Event()
         self._close_timeout_s = 30.0
         self._started = False
@@ -136,14 +194,16 @@ class Worker:
         if self._started:
             raise RuntimeError("Worker.run() was already called")
         self._started = True
+        await self.prepare()
         log.info("worker %s: queue %s, mode %s, concurrency %d",
                  self.worker_id, self.queue_name, self.mode, self.concurrency)
         pump = asyncio.create_task(self.pump.run(), name="rqsup pump")
         waiter = asyncio.create_task(maintenance.wait_for_work(self), name="rqsup wait-for-work")
-        timers = [
-            asyncio.create_task(maintenance.renew_leases(self), name="rqsup renew"),
-            asyncio.create_task(maintenance.sweep_stalled(self), name="rqsup sweep"),
-        ]
+        timers = [asyncio.create_task(maintenance.sweep_stalled(self), name="rqsup sweep")]
+        if self.own_renewer:
+            timers.append(
+                asyncio.create_task(maintenance.renew_leases(self), name="rqsup renew")
+            )
         loops = [pump, waiter, *timers]
         try:
             stop = asyncio.create_task(self._stop.wait())
@@ -162,9 +222,27 @@ class Worker:
                             len(pending), [t.get_name() for t in pending])
             if self._threads:
                 self._threads.shutdown()
+            if self.pool is not None:
+                await self.pool.close()
             if self._own_client:
                 await self.client.aclose()
             self._done.set()
+
+    async def prepare(self) -> None:
+        """Boot the child pool (process mode) before claiming anything."""
+        if self._prepared:
+            return
+        self._prepared = True
+        if self.pool is not None:
+            await self.pool.start()
+            self.pool.on_recovered = self.pump.want_claim
+
+    def hurry(self) -> None:
+        """Quick shutdown: stop waiting for running jobs; give them back now."""
+        self._hurry.set()
+
+    def can_claim(self) -> bool:
+        return self.claiming and (self.pool is None or self.pool.healthy())
 
     async def close(self, timeout: float = 30.0) -> None:
         """Stop claiming, let running jobs finish (leases still renewed) for up to
@@ -192,9 +270,12 @@ class Worker:
                 r.task for r in self.running.values()
                 if r.task and not r.finished and not r.task.done()
             ]
-            if not tasks:
+            if not tasks or self._hurry.is_set():
                 break
-            await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+            hurry = asyncio.create_task(self._hurry.wait())
+            await asyncio.wait([*tasks, hurry], timeout=max(0.0, deadline - time.monotonic()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            hurry.cancel()
         for r in self.running.values():
             if not r.finished:
                 r.lost = True
@@ -235,6 +316,9 @@ class Worker:
         try:
             record.validate()
             options = record.options
+            if self.default_opts:
+                own = codec.decode(record.raw.get("opts") or "{}")
+                options = JobOptions.from_stored({**self.default_opts, **own})
         except MalformedJob as exc:
             r = Running(record, token, JobOptions())
             self.running[token] = r
@@ -270,11 +354,16 @@ class Worker:
         timeout_s = r.options.timeout_ms / 1000 if r.options.timeout_ms else None
         try:
             async with asyncio.timeout(timeout_s) as cm:
-                if self._threads is not None:
-                    fut = self._threads.submit(self.processor, job)
+                if self.pool is not None:
+                    result = RawJSON(await self.pool.run(
+                        r.id, r.record.name, r.record.raw.get("data") or "null",
+                        r.record.attempts_made, job._sink,
+                    ))
+                elif self._threads is not None:
+                    fut = self._threads.submit(self.processor, job)  # type: ignore[arg-type]
                     result = await asyncio.shield(fut)
                 else:
-                    result = await self.processor(job)
+                    result = await self.processor(job)  # type: ignore[operator]
         except asyncio.CancelledError:
             if r.lost:
                 return  # lease lost or shutdown: the outcome is not ours to write
@@ -285,6 +374,8 @@ class Worker:
             if cm.expired():
                 err = JobTimedOut(f"job timed out after {timeout_s:g}s (timeout option)")
             self._fail(r, error_info(err))
+        except ChildJobError as exc:  # the processor raised, in its child
+            self._fail(r, exc.info)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -296,7 +387,10 @@ class Worker:
         if r.lost:
             return
         try:
-            encoded = codec.encode(result, f"result of job {r.id}")
+            if isinstance(result, RawJSON):
+                encoded = result.text  # encoded (and checked) by the child
+            else:
+                encoded = codec.encode(result, f"result of job {r.id}")
         except EncodeError as exc:
             info = error_info(exc)
             info["unrecoverable"] = True
@@ -312,7 +406,8 @@ class Worker:
         made = r.record.attempts_made + 1
         message = info["message"]
         delay_ms = -1
-        if not info["unrecoverable"] and made < r.record.attempts:
+        attempts = r.options.attempts if "attempts" in self.default_opts else r.record.attempts
+        if not info["unrecoverable"] and made < attempts:
             try:
                 delay_ms = backoff.retry_delay_ms(
                     r.options.backoff, made, info["type"], message, r.record.raw.get("data"),

@@ -1,0 +1,267 @@
+"""The child pool of one queue (process mode): pre-started, reused, supervised.
+
+Children come from a multiprocessing forkserver: a clean process, started by
+exec, that imported the processor modules once; it forks each child, so a
+child starts in milliseconds and never inherits the supervisor's event loop,
+sockets or threads. The pool boots children (handshake), hands them jobs,
+reads their messages from the event loop (``add_reader``; no thread per
+child), kills a child's whole process group on timeout, lease loss or a
+memory breach, and replaces children that crash, get old or grow fat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rqsup.sandbox.child import ChildSpec
+from rqsup.supervisor.child import Child, ChildCrashed, ChildJobError
+
+log = logging.getLogger("rqsup.pool")
+
+#: Consecutive boot failures before the queue's processor is marked failed.
+MAX_BOOT_FAILURES = 5
+BOOT_BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """Limits of a queue's children (from ``[queues.sandbox]``)."""
+
+    isolation: str = "pooled"  # or "per-job"
+    memory_soft_bytes: int | None = None
+    memory_hard_bytes: int | None = None
+    max_jobs_per_child: int | None = None
+    idle_timeout_s: float | None = None
+    boot_timeout_s: float = 10.0
+    nice: int = 5
+    user: str | int | None = None
+    group: str | int | None = None
+    rlimits: tuple[tuple[str, int], ...] = ()
+    kill_grace_s: float = 2.0
+
+
+def forkserver_context(preload: list[str]) -> Any:
+    """The process-wide forkserver, preloading the processor modules."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["rqsup.sandbox.child", *preload])
+    return ctx
+
+
+class ChildPool:
+    """``size`` children for one queue; ``await run(...)`` runs one job in one."""
+
+    def __init__(
+        self,
+        queue: str,
+        processor: str | Callable[..., Any],
+        size: int,
+        settings: SandboxSettings | None = None,
+        *,
+        ctx: Any = None,
+    ) -> None:
+        self.queue = queue
+        self.settings = settings or SandboxSettings()
+        if callable(processor):
+            import cloudpickle
+
+            self._processor: str | bytes = cloudpickle.dumps(processor)
+            preload: list[str] = []
+        else:
+            self._processor = processor
+            preload = [processor.partition(":")[0]]
+        self.ctx = ctx or forkserver_context(preload)
+        self.size = size
+        self.children: list[Child | None] = [None] * size
+        self.idle: asyncio.Queue[Child] = asyncio.Queue()
+        self._alive_r, self._alive_w = mp.Pipe(duplex=False)
+        self.boot_failures = 0
+        #: Set when the processor keeps failing to boot: the queue stops claiming.
+        self.failed: str | None = None
+        self.closing = False
+        self.started_children = 0
+        self.crashes = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._generation = 0
+        self._guard: asyncio.Task[None] | None = None
+        #: Called when a failed processor boots again (the worker claims again).
+        self.on_recovered: Callable[[], None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Boot every slot; returns when each booted once or failed."""
+        await asyncio.gather(*(self._fill(slot) for slot in range(self.size)))
+        self._guard = asyncio.create_task(self._watch(), name=f"rqsup guard {self.queue}")
+
+    def healthy(self) -> bool:
+        return self.failed is None and not self.closing
+
+    def busy_count(self) -> int:
+        return sum(1 for c in self.children if c is not None and c.job_id is not None)
+
+    async def close(self) -> None:
+        """Stop every child (busy ones are killed: the worker gave their jobs back)."""
+        self.closing = True
+        if self._guard:
+            self._guard.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(
+            *(c.stop(self.settings.kill_grace_s) for c in self.children if c is not None),
+            return_exceptions=True,
+        )
+        self._alive_w.close()
+        self._alive_r.close()
+
+    def replace_all(self) -> None:
+        """SIGHUP: retire every child once it is idle; new ones take their slots."""
+        self._generation += 1
+        while not self.idle.empty():
+            child = self.idle.get_nowait()
+            self._retire(child, "config reload")
+
+    # -- running jobs -----------------------------------------------------------
+
+    async def run(
+        self, job_id: str, name: str, data_text: str, attempts_made: int,
+        sink: Callable[[str, str], None],
+    ) -> str:
+        """Run one job in a child; its result as JSON text. Raises ChildJobError
+        (the processor raised), ChildCrashed (the child died); a cancel (timeout,
+        lease lost, shutdown) kills the child's process group."""
+        child = await self.idle.get()
+        while child.dead:  # died while idle; its replacement is on the way
+            child = await self.idle.get()
+        try:
+            result = await child.run(job_id, name, data_text, attempts_made, sink)
+        except asyncio.CancelledError:
+            self._retire(child, f"job {job_id} cancelled", kill=True)
+            raise
+        except ChildCrashed:
+            self.crashes += 1
+            self._retire(child, "crashed", kill=True)
+            raise
+        except ChildJobError:
+            self._release(child)
+            raise
+        self._release(child)
+        return result
+
+    def _release(self, child: Child) -> None:
+        s = self.settings
+        why = None
+        if s.isolation == "per-job":
+            why = "per-job isolation"
+        elif s.max_jobs_per_child and child.jobs_done >= s.max_jobs_per_child:
+            why = f"{child.jobs_done} jobs done"
+        elif child.generation != self._generation:
+            why = "config reload"
+        elif s.memory_soft_bytes and child.rss() > s.memory_soft_bytes:
+            why = f"memory {child.rss() >> 20} MiB over the soft limit"
+        if why or self.closing:
+            self._retire(child, why or "closing")
+        else:
+            self.idle.put_nowait(child)
+
+    def _retire(self, child: Child, why: str, *, kill: bool = False) -> None:
+        """Stop a child in the background and boot its replacement."""
+        log.info("queue %s: child #%d (pid %s) recycled: %s", self.queue, child.slot,
+                 child.pid, why)
+        if self.children[child.slot] is child:
+            self.children[child.slot] = None
+
+        async def go() -> None:
+            await child.stop(0 if kill else self.settings.kill_grace_s, kill=kill)
+            if not self.closing:
+                await self._fill(child.slot)
+
+        self._spawn(go())
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    # -- booting ----------------------------------------------------------------
+
+    async def _fill(self, slot: int) -> None:
+        """Boot a child into ``slot``; boot failures back off, then mark failed."""
+        while not self.closing:
+            child = Child(self.queue, slot, self._generation)
+            spec = ChildSpec(
+                queue=self.queue, slot=slot, processor=self._processor,
+                nice=self.settings.nice, user=self.settings.user, group=self.settings.group,
+                rlimits=dict(self.settings.rlimits),
+            )
+            began = time.monotonic()
+            try:
+                await child.boot(self.ctx, spec, self._alive_r, self.settings.boot_timeout_s)
+            except Exception as exc:
+                self.boot_failures += 1
+                delay = min(0.5 * 2 ** (self.boot_failures - 1), BOOT_BACKOFF_MAX_S)
+                if self.boot_failures >= MAX_BOOT_FAILURES and self.failed is None:
+                    self.failed = str(exc)
+                    log.error("queue %s: processor failed to boot %d times in a row; this "
+                              "queue stops claiming (other queues go on): %s", self.queue,
+                              self.boot_failures, exc)
+                else:
+                    log.warning("queue %s: child #%d failed to boot (%s); retrying in %.1fs",
+                                self.queue, slot, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            self.boot_failures = 0
+            if self.failed is not None:
+                log.info("queue %s: processor boots again; claiming resumes", self.queue)
+                self.failed = None
+                if self.on_recovered is not None:
+                    self.on_recovered()
+            self.started_children += 1
+            log.debug("queue %s: child #%d pid %d booted in %.1f ms", self.queue, slot,
+                      child.pid, (time.monotonic() - began) * 1000)
+            self.children[slot] = child
+            child.on_idle_death = lambda c: self._take_idle(c, "died while idle")
+            self.idle.put_nowait(child)
+            return
+
+    # -- the guard: memory and idle time ----------------------------------------
+
+    async def _watch(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(0.25)
+            for child in list(self.children):
+                if child is None or child.stopping:
+                    continue
+                if child.job_id is not None:
+                    if s.memory_hard_bytes:
+                        rss = child.rss()
+                        if rss > s.memory_hard_bytes:
+                            child.memory_kill(
+                                f"memory limit exceeded: {rss >> 20} MiB > hard limit "
+                                f"{s.memory_hard_bytes >> 20} MiB"
+                            )
+                elif s.idle_timeout_s and time.monotonic() - child.last_used > s.idle_timeout_s:
+                    self._take_idle(child, "idle too long")
+
+    def _take_idle(self, child: Child, why: str) -> None:
+        kept: list[Child] = []
+        found = False
+        while not self.idle.empty():
+            c = self.idle.get_nowait()
+            if c is child:
+                found = True
+            else:
+                kept.append(c)
+        for c in kept:
+            self.idle.put_nowait(c)
+        if found:
+            self._retire(child, why)
+
+
+__all__ = ["ChildCrashed", "ChildJobError", "ChildPool", "SandboxSettings"]
