@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from rqsup.errors import (
     ActiveJobsError,
+    ConfigError,
     EncodeError,
     InvalidOption,
     JobError,
@@ -43,7 +44,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "ActiveJob", "ActiveJobsError", "AsyncJob", "AsyncQueue", "EncodeError", "Event",
+    "ActiveJob", "ActiveJobsError", "AsyncJob", "AsyncQueue", "ConfigError", "EncodeError",
+    "Event",
     "InvalidOption", "Job", "JobError", "JobFailed", "JobNotActive", "JobNotFound",
     "JobStateError", "LeaseLost", "MalformedJob", "Queue", "QueueEvents", "RqsupError",
     "UnrecoverableError", "Worker",

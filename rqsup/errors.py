@@ -32,6 +32,20 @@ class InvalidOption(RqsupError, ValueError):
     """A job, queue or worker option has a bad value; the message names it."""
 
 
+class ConfigError(InvalidOption):
+    """A config file is invalid. ``problems`` lists every problem found, each
+    naming the file and the dotted key, so one run shows them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            lines = "\n".join(f"  {p}" for p in self.problems)
+            message = f"{len(self.problems)} problems in the config:\n{lines}"
+        super().__init__(message)
+
+
 class EncodeError(RqsupError, ValueError):
     """Job data or a result cannot be encoded as JSON; nothing was written."""
 

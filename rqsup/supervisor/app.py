@@ -96,11 +96,11 @@ class Supervisor:
         except CONNECTION_ERRORS as exc:
             if not rc.start_private:
                 raise RuntimeError(f"Redis at {rc.redacted_url} is unreachable: {exc}") from None
-            from rqsup.redis_server import RedisServer
-
             # On the configured local port when there is one, so producers using
             # the same config reach it; otherwise on a unix socket.
             from urllib.parse import urlparse
+
+            from rqsup.redis_server import RedisServer
 
             u = urlparse(rc.url)
             local = u.scheme == "redis" and u.hostname in ("127.0.0.1", "localhost") and u.port

@@ -89,18 +89,26 @@ class ChildPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._generation = 0
         self._guard: asyncio.Task[None] | None = None
-        #: Called when a failed processor boots again (the worker claims again).
+        #: Called when a child booted (the worker may claim again).
         self.on_recovered: Callable[[], None] | None = None
+        self._first_round = asyncio.Event()
+        self._attempts_left = 0
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Boot every slot; returns when each booted once or failed."""
-        await asyncio.gather(*(self._fill(slot) for slot in range(self.size)))
+        """Boot every slot; returns once each slot booted or failed a first time
+        (a broken processor must not hold up the supervisor's other queues)."""
+        self._attempts_left = self.size
+        for slot in range(self.size):
+            self._spawn(self._fill(slot))
+        await self._first_round.wait()
         self._guard = asyncio.create_task(self._watch(), name=f"rqsup guard {self.queue}")
 
     def healthy(self) -> bool:
-        return self.failed is None and not self.closing
+        """Claim only with a live child to run the job (none while booting fails)."""
+        return (self.failed is None and not self.closing
+                and any(c is not None for c in self.children))
 
     def busy_count(self) -> int:
         return sum(1 for c in self.children if c is not None and c.job_id is not None)
@@ -203,6 +211,7 @@ class ChildPool:
             try:
                 await child.boot(self.ctx, spec, self._alive_r, self.settings.boot_timeout_s)
             except Exception as exc:
+                self._attempted()
                 self.boot_failures += 1
                 delay = min(0.5 * 2 ** (self.boot_failures - 1), BOOT_BACKOFF_MAX_S)
                 if self.boot_failures >= MAX_BOOT_FAILURES and self.failed is None:
@@ -219,15 +228,22 @@ class ChildPool:
             if self.failed is not None:
                 log.info("queue %s: processor boots again; claiming resumes", self.queue)
                 self.failed = None
-                if self.on_recovered is not None:
-                    self.on_recovered()
             self.started_children += 1
             log.debug("queue %s: child #%d pid %d booted in %.1f ms", self.queue, slot,
                       child.pid, (time.monotonic() - began) * 1000)
             self.children[slot] = child
             child.on_idle_death = lambda c: self._take_idle(c, "died while idle")
             self.idle.put_nowait(child)
+            self._attempted()
+            if self.on_recovered is not None:
+                self.on_recovered()
             return
+
+    def _attempted(self) -> None:
+        if self._attempts_left > 0:
+            self._attempts_left -= 1
+            if self._attempts_left == 0:
+                self._first_round.set()
 
     # -- the guard: memory and idle time ----------------------------------------
 

@@ -1,0 +1,245 @@
+"""``rqsup check``: what an operator wants to know before ``rqsup start``.
+
+Each processor is imported in a fresh child (``python -m rqsup.checks probe
+module:attr mode``), as the supervisor's children will import it: an import
+that fails, hangs or kills its process is reported against its queue, and the
+checking process keeps no state from it. The child side of this module
+imports neither redis nor asyncio; redis is imported only by the parent's
+Redis checks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rqsup.config import Config, QueueConfig
+
+OK = "ok"
+WARN = "warn"
+FAIL = "FAIL"
+
+MIN_REDIS = (6, 2)
+RECOMMENDED_REDIS = (7, 0)
+REDIS_TIMEOUT_S = 3.0
+#: How long a probe may take when the queue sets no boot timeout of its own.
+PROBE_TIMEOUT_S = 30.0
+_PROBE_OUTPUT_MARKER = "rqsup-probe:"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of the report: what was checked, the verdict and why."""
+
+    name: str
+    status: str  # OK, WARN or FAIL
+    detail: str
+
+    @property
+    def passed(self) -> bool:
+        return self.status != FAIL
+
+    def line(self) -> str:
+        return f"{self.status:<5} {self.name}: {self.detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_checks(config: Config) -> list[CheckResult]:
+    """Every check for one loaded config, in report order."""
+    results = check_processors(config.queues)
+    results += check_sandbox_users(config.queues)
+    results += check_redis(config)
+    return results
+
+
+# -- processors ------------------------------------------------------------------
+
+
+def check_processors(queues: tuple[QueueConfig, ...]) -> list[CheckResult]:
+    """Probe every queue's processor, all children at once."""
+    running = []
+    for queue in queues:
+        timeout = queue.sandbox.boot_timeout_s if queue.mode == "process" else PROBE_TIMEOUT_S
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rqsup.checks", "probe", queue.processor, queue.mode],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        running.append((queue, proc, timeout))
+    results = []
+    for queue, proc, timeout in running:
+        name = f"queue {queue.name}"
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            results.append(CheckResult(name, FAIL, f"processor {queue.processor}: importing it "
+                                                   f"took longer than {timeout:g}s"))
+            continue
+        verdict = _probe_verdict(out)
+        if verdict is None:
+            tail = err.strip().splitlines()[-3:]
+            results.append(CheckResult(name, FAIL, (
+                f"processor {queue.processor}: the import ended its process "
+                f"(exit code {proc.returncode})" + (": " + " | ".join(tail) if tail else "")
+            )))
+        elif verdict["ok"]:
+            results.append(CheckResult(name, OK, f"processor {queue.processor} "
+                                                 f"({queue.mode}, {verdict['detail']})"))
+        else:
+            results.append(CheckResult(name, FAIL, f"processor {queue.processor}: "
+                                                   f"{verdict['detail']}"))
+    return results
+
+
+def _probe_verdict(stdout: str) -> dict[str, Any] | None:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(_PROBE_OUTPUT_MARKER):
+            verdict: dict[str, Any] = json.loads(line[len(_PROBE_OUTPUT_MARKER):])
+            return verdict
+    return None
+
+
+def probe(spec: str, mode: str) -> dict[str, Any]:
+    """Import ``module:attr`` here and judge it for ``mode`` (runs in the child)."""
+    module_name, _, attr_path = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except BaseException as exc:  # anything the import raises (SystemExit too) is the finding
+        return {"ok": False, "detail": f"import failed: {type(exc).__name__}: {exc}"}
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            return {"ok": False, "detail": f"module {module_name} has no attribute {attr_path!r}"}
+    if not callable(obj):
+        return {"ok": False, "detail": f"{attr_path} is not callable "
+                                       f"(it is a {type(obj).__name__})"}
+    is_coro = inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(
+        getattr(obj, "__call__", None)  # noqa: B004 - a callable object's async __call__
+    )
+    if mode == "async" and not is_coro:
+        return {"ok": False, "detail": 'mode "async" needs a coroutine function '
+                                       "(async def), got a plain callable"}
+    if mode != "async" and is_coro:
+        return {"ok": False, "detail": f'mode "{mode}" needs a plain function, got a '
+                                       'coroutine function (use mode = "async")'}
+    return {"ok": True, "detail": "coroutine function" if is_coro else "callable"}
+
+
+def _probe_main(argv: list[str]) -> int:
+    """Child entry point. Whatever the import prints goes to stderr; the
+    verdict is the one marked line on the real stdout."""
+    if len(argv) != 3 or argv[0] != "probe":
+        print("usage: python -m rqsup.checks probe module:attr mode", file=sys.stderr)
+        return 2
+    verdict_fd = os.dup(1)
+    os.dup2(2, 1)
+    verdict = probe(argv[1], argv[2])
+    with os.fdopen(verdict_fd, "w") as out:
+        out.write(_PROBE_OUTPUT_MARKER + json.dumps(verdict) + "\n")
+    return 0
+
+
+# -- sandbox users ---------------------------------------------------------------
+
+
+def check_sandbox_users(queues: tuple[QueueConfig, ...]) -> list[CheckResult]:
+    """Dropping children to another user needs root; say so before start fails."""
+    results = []
+    for queue in queues:
+        box = queue.sandbox
+        if queue.mode != "process" or (box.user is None and box.group is None):
+            continue
+        uid, gid = box.uid, box.gid
+        needs_root = (uid is not None and uid != os.geteuid()) or (
+            gid is not None and gid != os.getegid()
+        )
+        name = f"queue {queue.name} sandbox"
+        account = " and ".join(
+            f"{kind} {value}" for kind, value in (("user", box.user), ("group", box.group))
+            if value is not None
+        )
+        if needs_root and os.geteuid() != 0:
+            results.append(CheckResult(name, FAIL, f"{account}: dropping children to it "
+                                                   "needs the supervisor to run as root"))
+        else:
+            results.append(CheckResult(name, OK, f"children run as uid {uid}, gid {gid}"))
+    return results
+
+
+# -- redis ---------------------------------------------------------------------
+
+
+def check_redis(config: Config) -> list[CheckResult]:
+    """Reachable, recent enough, and never evicting job keys."""
+    import redis  # only the parent talks to Redis
+
+    rc = config.redis
+    name = f"redis {rc.redacted_url}"
+    kwargs: dict[str, Any] = {
+        "socket_connect_timeout": REDIS_TIMEOUT_S,
+        "socket_timeout": REDIS_TIMEOUT_S,
+    }
+    if rc.ssl_ca_certs is not None:
+        kwargs["ssl_ca_certs"] = str(rc.ssl_ca_certs)
+    client = redis.Redis.from_url(rc.url, **kwargs)
+    try:
+        try:
+            client.ping()
+            info: dict[str, Any] = client.info("server")
+            info.update(client.info("memory"))
+        except redis.AuthenticationError as exc:
+            return [CheckResult(name, FAIL, f"authentication failed: {exc}")]
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            return [_unreachable(config, name, exc)]
+        except redis.ResponseError as exc:
+            return [CheckResult(name, FAIL, f"refused: {exc}")]
+    finally:
+        client.close()
+    results = [CheckResult(name, OK, "reachable")]
+    results.append(_version_result(str(info.get("redis_version", "0"))))
+    results.append(_policy_result(str(info.get("maxmemory_policy", "unknown"))))
+    return results
+
+
+def _unreachable(config: Config, name: str, exc: BaseException) -> CheckResult:
+    if not config.redis.start_private:
+        return CheckResult(name, FAIL, f"unreachable: {exc}")
+    if shutil.which("redis-server") is None:
+        return CheckResult(name, FAIL, "unreachable, and no redis-server binary to start a "
+                                       "private one (apt-get install redis-server)")
+    return CheckResult(name, OK, "unreachable; start will run a private redis-server "
+                                 f"(data in {config.redis.private_dir})")
+
+
+def _version_result(version: str) -> CheckResult:
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < MIN_REDIS:
+        return CheckResult("redis version", FAIL, f"{version}: rqsup needs Redis 6.2 or newer")
+    if parts < RECOMMENDED_REDIS:
+        return CheckResult("redis version", WARN, f"{version}: works, 7.x is recommended")
+    return CheckResult("redis version", OK, version)
+
+
+def _policy_result(policy: str) -> CheckResult:
+    if policy == "noeviction":
+        return CheckResult("redis maxmemory-policy", OK, policy)
+    return CheckResult("redis maxmemory-policy", FAIL, (
+        f"{policy}: Redis may evict job keys when memory is full (jobs lost); "
+        "set maxmemory-policy noeviction"
+    ))
+
+
+if __name__ == "__main__":
+    sys.exit(_probe_main(sys.argv[1:]))

@@ -1,0 +1,83 @@
+"""The ``rqsup`` command: a thin layer over the library.
+
+Only click is imported at the top, so ``rqsup --help`` stays fast; each
+command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from rqsup.config import Config
+
+#: Exit codes shared by the commands.
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_CONFIG = 2
+
+CONFIG_ARG = click.argument(
+    "config", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rqsup")
+def main() -> None:
+    """rqsup: a Redis job queue with a supervisor for CPU-heavy jobs."""
+
+
+def _load(path: Path, as_json: bool = False) -> Config:
+    """Load a config or exit 2 with every problem, each naming the file and key."""
+    from rqsup.config import load_config
+    from rqsup.errors import ConfigError
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        if as_json:
+            click.echo(json.dumps({"config": str(path), "ok": False, "problems": exc.problems}))
+        else:
+            click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_CONFIG)
+
+
+@main.command()
+@CONFIG_ARG
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def check(config: Path, as_json: bool) -> None:
+    """Check CONFIG, each queue's processor and the Redis server, before start.
+
+    Exit 0 when every check passes, 1 when one fails, 2 when CONFIG is invalid.
+    """
+    cfg = _load(config, as_json)
+    from rqsup.checks import OK, CheckResult, run_checks
+
+    results = [CheckResult(f"config {config}", OK, f"{len(cfg.queues)} queue(s), "
+                                                   f"supervisor {cfg.supervisor.name}")]
+    results += run_checks(cfg)
+    passed = all(r.passed for r in results)
+    if as_json:
+        out: dict[str, Any] = {"config": str(config), "ok": passed,
+                               "checks": [r.to_json() for r in results]}
+        click.echo(json.dumps(out))
+    else:
+        for result in results:
+            click.echo(result.line())
+    sys.exit(EXIT_OK if passed else EXIT_CHECK_FAILED)
+
+
+@main.command()
+@CONFIG_ARG
+def start(config: Path) -> None:
+    """Run the supervisor for CONFIG until SIGTERM (the systemd entry point)."""
+    cfg = _load(config)
+    # Imported here and by name: `rqsup --help` never pays for the supervisor.
+    app = importlib.import_module("rqsup.supervisor.app")
+    sys.exit(app.run_supervisor(cfg))

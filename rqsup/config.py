@@ -1,0 +1,465 @@
+"""The supervisor's TOML config, validated into frozen dataclasses.
+
+All validation lives here so that ``rqsup check`` and ``rqsup start`` refuse a
+bad file before anything runs. Every problem is collected (an operator fixes a
+file once, not once per error) and raised as one :class:`ConfigError` whose
+lines name the file and the dotted key. TOML keys carry no units because the
+values do (``lease = "30s"``, ``memory_hard = "2GiB"``); the attributes carry
+them in their names (``lease_s``, ``memory_hard_bytes``).
+"""
+
+from __future__ import annotations
+
+import grp
+import keyword
+import os
+import pwd
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from rqsup import units
+from rqsup.errors import ConfigError
+from rqsup.keys import validate_name
+from rqsup.queue import options as options_mod
+from rqsup.tomltable import (
+    Problems,
+    Table,
+    as_toml,
+    boolean,
+    choice,
+    duration,
+    integer,
+    size,
+    string,
+)
+
+__all__ = [
+    "Config", "ConfigError", "QueueConfig", "RedisConfig", "SandboxConfig", "SupervisorConfig",
+    "load_config", "parse_config", "redact_url",
+]
+
+MODES = ("process", "thread", "async")
+ISOLATIONS = ("pooled", "per-job")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+URL_SCHEMES = ("redis", "rediss", "unix")
+
+#: Job options a queue may default; the worker applies them at run time to
+#: jobs that did not set them (see docs/configuration.md).
+JOB_DEFAULT_KEYS = (
+    "attempts", "backoff", "timeout", "remove_on_complete", "remove_on_fail", "keep_logs",
+)
+#: Options that only mean something when a job is added, so a supervisor
+#: cannot default them.
+_ADD_TIME_OPTIONS = {
+    "delay": "delay is chosen when a job is added; it cannot be a queue default here",
+    "priority": "priority is chosen when a job is added; it cannot be a queue default here",
+    "lifo": "lifo is chosen when a job is added; it cannot be a queue default here",
+    "job_id": "job_id cannot be a queue-wide default",
+}
+
+
+@dataclass(frozen=True, repr=False)
+class RedisConfig:
+    """``[redis]``: where jobs live. The URL may hold a password: use
+    :attr:`redacted_url` for anything a person or a log may see."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "rqsup"
+    ssl_ca_certs: Path | None = None
+    start_private: bool = False
+    private_dir: Path = Path("var/redis")
+
+    @property
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisConfig(url={self.redacted_url!r}, prefix={self.prefix!r}, "
+            f"ssl_ca_certs={self.ssl_ca_certs!r}, start_private={self.start_private!r}, "
+            f"private_dir={self.private_dir!r})"
+        )
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """``[supervisor]``: identity, leases, stalls, shutdown and health."""
+
+    name: str
+    shutdown_grace_s: float = 30.0
+    lease_s: float = 30.0
+    renew_interval_s: float = 10.0
+    stall_interval_s: float = 15.0
+    max_stalled_count: int = 1
+    log_format: str = "text"
+    log_level: str = "info"
+    status_interval_s: float = 10.0
+    max_loop_lag_s: float = 2.0
+    block_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """``[queues.sandbox]``: how the child processes of a process-mode queue run.
+    ``None`` means "no limit" (or "do not change")."""
+
+    isolation: str = "pooled"
+    memory_soft_bytes: int | None = None
+    memory_hard_bytes: int | None = None
+    max_jobs_per_child: int | None = None
+    idle_timeout_s: float | None = None
+    boot_timeout_s: float = 10.0
+    nice: int = 5
+    user: str | None = None
+    group: str | None = None
+    rlimit_nofile: int | None = None
+    rlimit_core_bytes: int | None = 0
+    rlimit_as_bytes: int | None = None
+    kill_grace_s: float = 2.0
+
+    @property
+    def uid(self) -> int | None:
+        """The uid to drop to (``user`` is a name or a number), or None."""
+        if self.user is None:
+            return None
+        return int(self.user) if self.user.isdigit() else pwd.getpwnam(self.user).pw_uid
+
+    @property
+    def gid(self) -> int | None:
+        """The gid to drop to: ``group``, else the primary group of ``user``, else None."""
+        if self.group is not None:
+            return int(self.group) if self.group.isdigit() else grp.getgrnam(self.group).gr_gid
+        if self.user is None:
+            return None
+        entry = pwd.getpwuid(int(self.user)) if self.user.isdigit() else pwd.getpwnam(self.user)
+        return entry.pw_gid
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """``[[queues]]``: one queue served by this supervisor.
+
+    ``defaults`` holds job options in the producer's form (durations in
+    seconds), already validated by the producer's own code.
+    """
+
+    name: str
+    processor: str
+    mode: str = "process"
+    concurrency: int = 1
+    defaults: dict[str, Any] = field(default_factory=dict)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+
+    @property
+    def processor_module(self) -> str:
+        return self.processor.partition(":")[0]
+
+    @property
+    def processor_attr(self) -> str:
+        return self.processor.partition(":")[2]
+
+    @property
+    def job_defaults(self) -> options_mod.JobOptions:
+        """The defaults as normalised :class:`JobOptions` (milliseconds, retention dicts)."""
+        return options_mod.build({}, self.defaults)[1]
+
+
+@dataclass(frozen=True)
+class Config:
+    """One config file: Redis, the supervisor and its queues."""
+
+    path: Path
+    redis: RedisConfig
+    supervisor: SupervisorConfig
+    queues: tuple[QueueConfig, ...]
+
+
+# -- loading -------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raises :class:`ConfigError` listing every problem."""
+    shown = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError([f"{shown}: cannot read the file: {exc.strerror or exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{shown}: not valid TOML: {exc}"]) from None
+    return parse_config(raw, Path(path))
+
+
+def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
+    """Validate already-parsed TOML; ``path`` names the file in messages and
+    anchors relative paths (``private_dir``, ``ssl_ca_certs``)."""
+    problems = Problems(os.fspath(path))
+    top = Table(raw, "", ("redis", "supervisor", "queues"), problems)
+    base_dir = path.resolve().parent
+    redis_cfg = _redis(top.table("redis", ("url", "prefix", "ssl_ca_certs", "start_private",
+                                           "private_dir")), base_dir)
+    supervisor = _supervisor(top.table("supervisor", _SUPERVISOR_KEYS))
+    queues = _queues(top, problems)
+    if problems.lines:
+        raise ConfigError(problems.lines)
+    return Config(path=path.resolve(), redis=redis_cfg, supervisor=supervisor, queues=queues)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (secrets never reach logs)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = parts.query
+    if "password" in query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    # Built by hand: urlunsplit would turn unix:///path into unix:/path.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+# -- sections ------------------------------------------------------------------
+
+
+_SUPERVISOR_KEYS = (
+    "name", "shutdown_grace", "lease", "renew_interval", "stall_interval", "max_stalled_count",
+    "log_format", "log_level", "status_interval", "max_loop_lag", "block_timeout",
+)
+_QUEUE_KEYS = ("name", "processor", "mode", "concurrency", "defaults", "sandbox")
+_SANDBOX_KEYS = (
+    "isolation", "memory_soft", "memory_hard", "max_jobs_per_child", "idle_timeout",
+    "boot_timeout", "nice", "user", "group", "rlimit_nofile", "rlimit_core", "rlimit_as",
+    "kill_grace",
+)
+
+
+def _redis(t: Table, base_dir: Path) -> RedisConfig:
+    url = t.get("url", _check_url, RedisConfig.url, show=_show_url)
+    prefix = t.get("prefix", lambda v: validate_name("prefix", v), "rqsup", show=None)
+    ca = t.get("ssl_ca_certs", lambda v: _existing_file(v, base_dir), None)
+    if ca is not None and not url.startswith("rediss://"):
+        t.problem("ssl_ca_certs", "only applies to TLS: use a rediss:// url")
+    start_private = t.get("start_private", boolean, False)
+    private_dir = t.get("private_dir", string, "var/redis")
+    return RedisConfig(
+        url=url,
+        prefix=prefix,
+        ssl_ca_certs=ca,
+        start_private=start_private,
+        private_dir=(base_dir / Path(private_dir).expanduser()).resolve(),
+    )
+
+
+def _supervisor(t: Table) -> SupervisorConfig:
+    name = t.require("name", lambda v: validate_name("supervisor name", v), "", show=None)
+    lease = t.get("lease", duration(min_s=1.0), 30.0)
+    renew = t.get("renew_interval", duration(above=0.0), None)
+    if renew is None:
+        renew = lease / 3
+    elif renew >= lease:
+        t.problem("renew_interval", f"must be shorter than lease ({units.format_duration(lease)})"
+                                    f", got {units.format_duration(renew)}")
+    return SupervisorConfig(
+        name=name,
+        shutdown_grace_s=t.get("shutdown_grace", duration(), 30.0),
+        lease_s=lease,
+        renew_interval_s=renew,
+        stall_interval_s=t.get("stall_interval", duration(above=0.0), 15.0),
+        max_stalled_count=t.get("max_stalled_count", integer(0), 1),
+        log_format=t.get("log_format", choice(LOG_FORMATS), "text"),
+        log_level=t.get("log_level", choice(LOG_LEVELS, fold=True), "info"),
+        status_interval_s=t.get("status_interval", duration(above=0.0), 10.0),
+        max_loop_lag_s=t.get("max_loop_lag", duration(above=0.0), 2.0),
+        block_timeout_s=t.get("block_timeout", duration(above=0.0), 5.0),
+    )
+
+
+def _queues(top: Table, problems: Problems) -> tuple[QueueConfig, ...]:
+    raw = top.raw.get("queues")
+    if raw is None:
+        top.problem("queues", "at least one queue is required: add a [[queues]] table")
+        return ()
+    if isinstance(raw, dict):
+        top.problem("queues", "must be an array of tables: write [[queues]], not [queues]")
+        return ()
+    if not isinstance(raw, list) or not raw:
+        top.problem("queues", "at least one queue is required: add a [[queues]] table")
+        return ()
+    out: list[QueueConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        queue = _queue(Table(item, f"queues[{i}]", _QUEUE_KEYS, problems))
+        if queue.name in seen:
+            problems.add(f"queues[{i}].name", f"duplicate queue name {as_toml(queue.name)} "
+                                              f"(also queues[{seen[queue.name]}].name)")
+        elif queue.name:
+            seen[queue.name] = i
+        out.append(queue)
+    return tuple(out)
+
+
+def _queue(t: Table) -> QueueConfig:
+    name = t.require("name", lambda v: validate_name("queue name", v), "", show=None)
+    processor = t.require("processor", _processor, "")
+    mode = t.get("mode", choice(MODES), "process")
+    concurrency = t.get("concurrency", integer(1), 1)
+    defaults = _job_defaults(t.table("defaults", JOB_DEFAULT_KEYS, refused=_ADD_TIME_OPTIONS))
+    sandbox = SandboxConfig()
+    if "sandbox" in t.raw:
+        if mode != "process":
+            t.problem("sandbox", f'only applies to mode = "process"; this queue has mode = '
+                                 f'"{mode}" (remove the [queues.sandbox] table)')
+        sandbox = _sandbox(t.table("sandbox", _SANDBOX_KEYS))
+    return QueueConfig(name=name, processor=processor, mode=mode, concurrency=concurrency,
+                       defaults=defaults, sandbox=sandbox)
+
+
+def _sandbox(t: Table) -> SandboxConfig:
+    isolation = t.get("isolation", choice(ISOLATIONS), "pooled")
+    soft = t.get("memory_soft", size(minimum=1), None)
+    hard = t.get("memory_hard", size(minimum=1), None)
+    if soft is not None and hard is not None and hard <= soft:
+        t.problem("memory_hard", f"must be greater than memory_soft ({units.format_size(soft)})"
+                                 f", got {units.format_size(hard)}")
+    max_jobs = t.get("max_jobs_per_child", integer(1), None)
+    if isolation == "per-job" and max_jobs is not None:
+        t.problem("max_jobs_per_child", 'does not apply with isolation = "per-job" '
+                                        "(every child runs one job)")
+    return SandboxConfig(
+        isolation=isolation,
+        memory_soft_bytes=soft,
+        memory_hard_bytes=hard,
+        max_jobs_per_child=max_jobs,
+        idle_timeout_s=t.get("idle_timeout", duration(above=0.0), None),
+        boot_timeout_s=t.get("boot_timeout", duration(above=0.0), 10.0),
+        nice=t.get("nice", integer(0, 19), 5),
+        user=t.get("user", _account("user"), None, show=None),
+        group=t.get("group", _account("group"), None, show=None),
+        rlimit_nofile=t.get("rlimit_nofile", integer(1), None),
+        rlimit_core_bytes=t.get("rlimit_core", size(), 0),
+        rlimit_as_bytes=t.get("rlimit_as", size(minimum=1), None),
+        kill_grace_s=t.get("kill_grace", duration(), 2.0),
+    )
+
+
+def _job_defaults(t: Table) -> dict[str, Any]:
+    """Durations become seconds; then each option, and the whole mapping, goes
+    through the producer's own validation so messages match ``queue.add``."""
+    out: dict[str, Any] = {}
+    for key in JOB_DEFAULT_KEYS:
+        if key not in t.raw:
+            continue
+        try:
+            value = _job_option_seconds(key, t.raw[key])
+            options_mod.build({}, {key: value})
+        except ValueError as exc:  # InvalidOption is a ValueError
+            t.problem(key, str(exc))
+            continue
+        out[key] = value
+    try:
+        options_mod.build({}, out)
+    except ValueError as exc:
+        t.problem(None, str(exc))
+    return out
+
+
+def _job_option_seconds(key: str, value: Any) -> Any:
+    def seconds(name: str, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v  # numbers (seconds) and wrong types are judged by JobOptions
+        try:
+            return units.parse_duration(v)
+        except ValueError as exc:
+            raise ValueError(f"{name} {exc}, got {as_toml(v)}") from None
+
+    if key == "timeout":
+        return seconds("timeout", value)
+    if key == "backoff":
+        if isinstance(value, str):
+            return seconds("backoff", value)
+        if isinstance(value, dict) and "delay" in value:
+            return {**value, "delay": seconds("backoff delay", value["delay"])}
+    retention = key in ("remove_on_complete", "remove_on_fail")
+    if retention and isinstance(value, dict) and "age" in value:
+        return {**value, "age": seconds(f"{key} age", value["age"])}
+    return value
+
+
+def _show_url(value: Any) -> str:
+    return as_toml(redact_url(value)) if isinstance(value, str) else as_toml(value)
+
+
+# -- config-specific value parsers (raise ValueError saying what is wrong) ------
+
+
+def _check_url(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a URL such as redis://127.0.0.1:6379/0")
+    parts = urlsplit(value)
+    if parts.scheme not in URL_SCHEMES:
+        raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("has a port that is not a number from 0 to 65535") from None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("needs a socket path, e.g. unix:///run/redis/redis.sock")
+    else:
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError("database must be a number, e.g. redis://127.0.0.1:6379/0")
+    return value
+
+
+def _existing_file(value: Any, base_dir: Path) -> Path:
+    path = (base_dir / string(value)).resolve()
+    if not path.is_file():
+        raise ValueError(f"file {path} does not exist")
+    return path
+
+
+def _processor(value: Any) -> str:
+    rule = 'must be "module:function", e.g. "myapp.jobs:send_email"'
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise ValueError(rule)
+    module, attr = value.split(":")
+    for part in (*module.split("."), *attr.split(".")):
+        if not part.isidentifier() or keyword.iskeyword(part):
+            raise ValueError(rule)
+    return value
+
+
+def _account(kind: str) -> Callable[[Any], str]:
+    """A user or group that exists here, by name or number (kept as a string)."""
+    lookup_name = pwd.getpwnam if kind == "user" else grp.getgrnam
+    lookup_id = pwd.getpwuid if kind == "user" else grp.getgrgid
+
+    def parse(value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
+            raise ValueError(f"must be a {kind} name or a numeric id, got {as_toml(value)}")
+        text = str(value)
+        try:
+            if text.isdigit():
+                lookup_id(int(text))
+            else:
+                lookup_name(text)
+        except KeyError:
+            raise ValueError(f"no {kind} {as_toml(value)} on this machine") from None
+        return text
+
+    return parse
