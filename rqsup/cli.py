@@ -81,3 +81,7 @@ def start(config: Path) -> None:
     # Imported here and by name: `rqsup --help` never pays for the supervisor.
     app = importlib.import_module("rqsup.supervisor.app")
     sys.exit(app.run_supervisor(cfg))
+
+
+if __name__ == "__main__":
+    main()

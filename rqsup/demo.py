@@ -1,92 +1,99 @@
-"""``python -m rqsup.demo``: watch jobs flow through a worker, with nothing set up.
-
-Starts a private redis-server (data under ./var/demo-redis) unless ``--url``
-is given, runs an in-process worker with three demo processors (CPU work,
-a flaky one that retries, a slow one reporting progress), adds jobs and
-prints each event as it happens. The supervisor issue replaces this with
-``rqsup start configs/dev.toml``.
+"""``python -m rqsup.demo [CONFIG]``: the quickstart. Runs ``rqsup start CONFIG``
+(configs/dev.toml: a private redis-server if none answers, three demo queues),
+adds demo jobs as a producer would, prints each one as it finishes, then stops
+the supervisor with SIGTERM (a graceful drain) and exits 0 if every job
+completed.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import hashlib
-import logging
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from rqsup.queue.aqueue import AsyncQueue
-from rqsup.queue.events import QueueEvents
-from rqsup.supervisor import ActiveJob, Worker
+import redis
 
-QUEUE = "demo"
+from rqsup.config import load_config
+from rqsup.errors import JobFailed
+from rqsup.queue.queue import Job, Queue
 
-
-async def demo_processor(job: ActiveJob) -> Any:
-    if job.name == "hash":  # CPU work: repeated sha256
-        digest = job.data["text"].encode()
-        for _ in range(job.data["rounds"]):
-            digest = hashlib.sha256(digest).digest()
-        return digest.hex()[:16]
-    if job.name == "flaky":  # fails on its first attempt, then succeeds
-        if job.attempts_made == 0:
-            raise ConnectionError("upstream said 503 (demo: fails once)")
-        return f"ok on attempt {job.attempts_made + 1}"
-    if job.name == "report":  # slow, reports progress
-        for step in range(1, 5):
-            await asyncio.sleep(0.15)
-            job.update_progress(step * 25)
-            job.log(f"step {step} of 4")
-        return {"pages": 4}
-    raise ValueError(f"unknown demo job {job.name!r}")
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dev.toml"
 
 
-async def main(url: str, count: int) -> None:
-    queue = AsyncQueue(QUEUE, url)
-    await queue.obliterate(force=True)
-    events = QueueEvents(QUEUE, url, last_id="0")
-    worker = Worker(QUEUE, demo_processor, url=url, concurrency=4)
-    worker_task = asyncio.create_task(worker.run())
-    jobs = []
-    for i in range(count):
-        kind = ("hash", "flaky", "report")[i % 3]
-        data = {"text": f"job {i}", "rounds": 20_000} if kind == "hash" else {"i": i}
-        backoff = {"type": "fixed", "delay": 0.2}
-        jobs.append(await queue.add(kind, data, attempts=3, backoff=backoff))
-    t0 = time.monotonic()
-    finished = 0
-    async for ev in events:
-        extra = {k: v for k, v in ev.fields.items() if k in ("returnvalue", "progress", "reason")}
-        elapsed = time.monotonic() - t0
-        print(f"{elapsed:6.2f}s  job {ev.job_id or '-':>3}  {ev.name:<9} {extra or ''}")
-        if ev.name in ("completed", "failed"):
-            finished += 1
-            if finished == count:
-                break
-    counts = await queue.counts()
-    print(f"\nall {count} jobs finished in {time.monotonic() - t0:.2f}s: {counts}")
-    await events.close()
-    await worker.close()
-    await worker_task
-    await queue.close()
+def wait_ready(url: str, key: str, sup: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Until the supervisor holds its name in Redis (it does so before READY)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if sup.poll() is not None:
+                raise SystemExit(f"demo: the supervisor exited with {sup.returncode}")
+            try:
+                if client.exists(key):
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise SystemExit(f"demo: the supervisor was not ready within {timeout_s:g}s")
 
 
-def cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", help="use this Redis instead of a private redis-server")
-    parser.add_argument("--jobs", type=int, default=9, help="how many demo jobs (default 9)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.url:
-        asyncio.run(main(args.url, args.jobs))
-        return
-    from rqsup.redis_server import RedisServer
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG))
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    print(f"demo: starting `rqsup start {args.config}`", flush=True)
+    sup = subprocess.Popen([sys.executable, "-m", "rqsup.cli", "start", args.config])
+    ok = False
+    try:
+        wait_ready(cfg.redis.url, f"{cfg.redis.prefix}:supervisor:{cfg.supervisor.name}", sup,
+                   30)
+        queues = {q.name: Queue(q.name, cfg.redis.url, prefix=cfg.redis.prefix)
+                  for q in cfg.queues}
+        jobs: list[tuple[str, Job]] = []
 
-    with RedisServer("var/demo-redis") as server:
-        print(f"private redis-server at {server.url}\n")
-        asyncio.run(main(server.url, args.jobs))
+        def add(queue: str, name: str, data: Any) -> None:
+            if queue in queues:
+                job = queues[queue].add(name, data)
+                jobs.append((queue, job))
+                print(f"demo: added {queue}/{name} job {job.id} {data}", flush=True)
+
+        for n in (150_000, 200_000, 250_000, 300_000):
+            add("cpu", "primes", {"n": n})
+        add("flaky", "call-upstream", {"failures": 2})
+        add("slow", "report", {"steps": 6, "step_s": 0.2})
+        failed = 0
+        for queue, job in jobs:
+            try:
+                value = job.wait(timeout=60)
+                rec = queues[queue].get_job(job.id)
+                tries = rec.attempts_made if rec else "?"
+                print(f"demo: finished {queue}/{job.id} after {tries} attempt(s) -> {value}",
+                      flush=True)
+            except (JobFailed, TimeoutError) as exc:
+                failed += 1
+                print(f"demo: {queue}/{job.id} did not complete: {exc}", flush=True)
+        ok = failed == 0
+        for q in queues.values():
+            q.close()
+    finally:
+        if sup.poll() is None:
+            print("demo: sending SIGTERM to the supervisor (graceful drain)", flush=True)
+            sup.send_signal(signal.SIGTERM)
+            try:
+                sup.wait(30)
+            except subprocess.TimeoutExpired:
+                sup.kill()
+    print(f"demo: supervisor exited with {sup.returncode}; "
+          f"{'all jobs completed' if ok else 'some jobs did not complete'}")
+    return 0 if ok and sup.returncode == 0 else 1
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(main())

@@ -41,7 +41,8 @@ def test_a_stale_token_cannot_complete_fail_renew_or_report(redis_url: str) -> N
     # When A tries to write, Then every write is refused and nothing changes
     codes, _ = script(q, "complete", 1, 0, "w", 1000, job.id, token_a, '"late"', -1, -1)
     assert codes == [Code.LEASE_LOST]
-    assert script(q, "fail", 1, job.id, token_a, "late", "E", "", 0, -1, -1) == [Code.LEASE_LOST]
+    assert script(q, "fail", 1, job.id, token_a, "late", "E", "", 0, -1, -1, "") == [
+        Code.LEASE_LOST]
     assert script(q, "renew", 1000, job.id, token_a) == [job.id.encode()]
     assert script(q, "progress", job.id, token_a, "50") == Code.LEASE_LOST
     assert job.state() == "active"

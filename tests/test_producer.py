@@ -164,7 +164,7 @@ def test_retry_clean_drain_promote_jobs_obliterate(redis_url: str) -> None:
     q = Queue("q", redis_url)
     jobs = [q.add("x", remove_on_fail=False) for _ in range(3)]
     for job_id, token in claim(q, 3):
-        fail = q.core.script("fail", 1, job_id, token, "bad", "ValueError", "", -1, -1, -1)
+        fail = q.core.script("fail", 1, job_id, token, "bad", "ValueError", "", -1, -1, -1, "")
         q._driver.execute(fail)
     assert q.counts()["failed"] == 3
     jobs[0].retry()

@@ -291,7 +291,7 @@ class JobStateMachine(RuleBasedStateMachine):
         """fail.lua with one (id, token, retry_delay_ms) entry each."""
         before = self.describe([(i, t) for i, t, _d in entries])
         args = [x for job_id, token, delay in entries
-                for x in (job_id, token, "boom", "ValueError", "tb", delay, *KEEP)]
+                for x in (job_id, token, "boom", "ValueError", "tb", delay, *KEEP, "")]
         codes = self.run("fail", len(entries), *args)
         expected = [self.model_fail(*e) for e in entries]
         assert [int(c) for c in codes] == expected, (

@@ -420,7 +420,7 @@ class Worker:
         r.finished = True
         self.pump.fail(r.id, r.token, [
             r.id, r.token, message[:4000], info["type"], info["stacktrace"], delay_ms,
-            keep["count"], keep["age_ms"],
+            keep["count"], keep["age_ms"], attempts if "attempts" in self.default_opts else "",
         ])
 
     def on_acked(self, job_id: str, token: str, code: int, outcome: str | None) -> None:

@@ -2,10 +2,12 @@
 The worker computes the backoff (custom strategies live in Python) and says
 whether to retry; the script still refuses a retry once attempts are spent.
 KEYS: the standard queue keys (common.lua).
-ARGV: [1] number of failures F, then 8 values per failure:
+ARGV: [1] number of failures F, then 9 values per failure:
       id, token, reason, error type, stack trace,
       retry_delay_ms (-1: fail for good, e.g. UnrecoverableError),
-      keep_count, keep_age_ms (retention of failed jobs, as in complete.lua)
+      keep_count, keep_age_ms (retention of failed jobs, as in complete.lua),
+      attempts ('' : the job's own; a number: the queue default the worker
+      applied to a job that did not set attempts)
 Returns: {code per failure}: 1 retry now (wait), 2 retry later (delayed),
   3 failed for good, 0 this token already failed this attempt (idempotent resend; a token that completed the job gets -3),
   -1 job not found, -2 lease lost, -3 not active.
@@ -17,7 +19,7 @@ local now = now_ms()
 local f = tonumber(ARGV[1])
 local codes = {}
 for i = 0, f - 1 do
-  local b = 2 + i * 8
+  local b = 2 + i * 9
   local id, token = ARGV[b], ARGV[b + 1]
   local reason, etype, stack = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   local delay = tonumber(ARGV[b + 5])
@@ -26,7 +28,7 @@ for i = 0, f - 1 do
     local jk = PREFIX .. id
     redis.call('ZREM', k.active, id)
     local made = redis.call('HINCRBY', jk, 'attempts_made', 1)
-    local attempts = tonumber(redis.call('HGET', jk, 'attempts')) or 1
+    local attempts = tonumber(ARGV[b + 8]) or tonumber(redis.call('HGET', jk, 'attempts')) or 1
     redis.call('HSET', jk, 'failed_reason', reason, 'error_type', etype, 'stacktrace', stack,
       'ended', 'failed')
     if delay >= 0 and made < attempts then
