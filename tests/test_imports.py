@@ -24,5 +24,13 @@ def test_queue_package_never_imports_the_supervisor() -> None:
 
 
 def test_sandbox_imports_no_asyncio_or_redis() -> None:
-    mods = loaded_after("import rqsup.sandbox")
+    # What a child imports to boot (its processor aside).
+    mods = loaded_after("import rqsup.sandbox.child")
     assert "asyncio" not in mods and "redis" not in mods
+    assert not {m for m in mods if m.startswith(("rqsup.supervisor", "rqsup.queue"))}
+
+
+def test_cli_help_stays_light() -> None:
+    mods = loaded_after("import rqsup.cli")
+    assert not {m for m in mods if m.startswith("rqsup.supervisor")}
+    assert "redis" not in mods and "psutil" not in mods

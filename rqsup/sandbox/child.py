@@ -84,9 +84,6 @@ def _title(text: str) -> None:
 
 def _hygiene(spec: ChildSpec, out_fd: int, alive: Connection) -> None:
     """Die with the supervisor, own process group, default signals, limits."""
-    with contextlib.suppress(Exception):  # Linux only; the alive pipe covers the rest
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     os.setpgid(0, 0)
     for name in _RESET_SIGNALS:
         sig = getattr(signal, name, None)
@@ -117,6 +114,11 @@ def _hygiene(spec: ChildSpec, out_fd: int, alive: Connection) -> None:
 
         uid = spec.user if isinstance(spec.user, int) else pwd.getpwnam(spec.user).pw_uid
         os.setuid(uid)
+    # After any uid change (which clears it). Linux only; the alive pipe covers
+    # the rest. Our parent is the forkserver, which exits with the supervisor.
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _watch_supervisor(alive: Connection) -> None:

@@ -288,11 +288,28 @@ class Supervisor:
             except CONNECTION_ERRORS as exc:
                 log.warning("heartbeat failed: %s", exc)
 
-    def _status_text(self) -> str:
+    async def _waiting(self) -> int | None:
+        """Jobs ready to run across our queues (wait + prioritized); None if
+        Redis did not answer."""
+        if self.client is None or not self.workers:
+            return 0
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for w in self.workers.values():
+                    pipe.llen(w.core.keys.wait)
+                    pipe.zcard(w.core.keys.prioritized)
+                return sum(int(n) for n in await pipe.execute())
+        except CONNECTION_ERRORS:
+            return None
+
+    def _status_text(self, waiting: int | None = None) -> str:
         running = sum(w.busy_count() for w in self.workers.values())
         failed = [w.queue_name for w in self.workers.values()
                   if w.pool is not None and w.pool.failed]
-        text = f"{running} running, loop lag p99 {self.lag.p99_ms():.1f} ms"
+        text = f"{running} running"
+        if waiting is not None:
+            text += f", {waiting} waiting"
+        text += f", loop lag p99 {self.lag.p99_ms():.1f} ms"
         if failed:
             text += f", processor failed: {', '.join(failed)}"
         return text
@@ -307,7 +324,7 @@ class Supervisor:
             _title(f"rqsup: supervisor {s.name} ({running} running)")
             if time.monotonic() - last >= s.status_interval_s:
                 last = time.monotonic()
-                text = self._status_text()
+                text = self._status_text(await self._waiting())
                 self.notifier.status(text)
                 log.info("status: %s", text)
 
