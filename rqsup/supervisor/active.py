@@ -68,6 +68,11 @@ class Running:
     #: The lease is gone (or the worker gave up on it): never write its result.
     lost: bool = False
     task: asyncio.Task[None] | None = None
+    #: Process mode: handed to a child (a prefetched job waits until then).
+    dispatched: bool = False
+
+    def mark_dispatched(self) -> None:
+        self.dispatched = True
 
     @property
     def id(self) -> str:

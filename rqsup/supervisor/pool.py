@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ log = logging.getLogger("rqsup.pool")
 #: Consecutive boot failures before the queue's processor is marked failed.
 MAX_BOOT_FAILURES = 5
 BOOT_BACKOFF_MAX_S = 30.0
+
+
+class NotDispatched(Exception):
+    """A job that waited for a child when shutdown began: it was not started."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,13 @@ class SandboxSettings:
 
 
 def forkserver_context(preload: list[str]) -> Any:
-    """The process-wide forkserver, preloading the processor modules."""
+    """The process-wide forkserver, preloading the processor modules (through
+    rqsup.sandbox.preload, which survives a module that fails to import).
+    Preload is read when the forkserver starts: the first pool's list wins."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["rqsup.sandbox.child", *preload])
+    known = [m for m in os.environ.get("RQSUP_PRELOAD", "").split(",") if m]
+    os.environ["RQSUP_PRELOAD"] = ",".join(dict.fromkeys([*known, *preload]))
+    ctx.set_forkserver_preload(["rqsup.sandbox.child", "rqsup.sandbox.preload"])
     return ctx
 
 
@@ -71,9 +80,11 @@ class ChildPool:
             import cloudpickle
 
             self._processor: str | bytes = cloudpickle.dumps(processor)
+            self._label = repr(processor)
             preload: list[str] = []
         else:
             self._processor = processor
+            self._label = processor
             preload = [processor.partition(":")[0]]
         self.ctx = ctx or forkserver_context(preload)
         self.size = size
@@ -84,6 +95,8 @@ class ChildPool:
         #: Set when the processor keeps failing to boot: the queue stops claiming.
         self.failed: str | None = None
         self.closing = False
+        #: Set by the worker's close: jobs still waiting for a child never start.
+        self.draining = False
         self.started_children = 0
         self.crashes = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -138,7 +151,7 @@ class ChildPool:
 
     async def run(
         self, job_id: str, name: str, data_text: str, attempts_made: int,
-        sink: Callable[[str, str], None],
+        sink: Callable[[str, str], None], on_dispatch: Callable[[], None] | None = None,
     ) -> str:
         """Run one job in a child; its result as JSON text. Raises ChildJobError
         (the processor raised), ChildCrashed (the child died); a cancel (timeout,
@@ -146,6 +159,13 @@ class ChildPool:
         child = await self.idle.get()
         while child.dead:  # died while idle; its replacement is on the way
             child = await self.idle.get()
+        if self.draining:
+            # Shutdown began while this job waited for a child: it never
+            # starts; the worker gives it back untouched.
+            self.idle.put_nowait(child)
+            raise NotDispatched(job_id)
+        if on_dispatch is not None:
+            on_dispatch()
         try:
             result = await child.run(job_id, name, data_text, attempts_made, sink)
         except asyncio.CancelledError:
@@ -216,12 +236,12 @@ class ChildPool:
                 delay = min(0.5 * 2 ** (self.boot_failures - 1), BOOT_BACKOFF_MAX_S)
                 if self.boot_failures >= MAX_BOOT_FAILURES and self.failed is None:
                     self.failed = str(exc)
-                    log.error("queue %s: processor failed to boot %d times in a row; this "
-                              "queue stops claiming (other queues go on): %s", self.queue,
-                              self.boot_failures, exc)
+                    log.error("queue %s: processor %s failed to boot %d times in a row; "
+                              "this queue stops claiming (other queues go on): %s", self.queue,
+                              self._label, self.boot_failures, exc)
                 else:
-                    log.warning("queue %s: child #%d failed to boot (%s); retrying in %.1fs",
-                                self.queue, slot, exc, delay)
+                    log.warning("queue %s: child #%d of processor %s failed to boot (%s); "
+                                "retrying in %.1fs", self.queue, slot, self._label, exc, delay)
                 await asyncio.sleep(delay)
                 continue
             self.boot_failures = 0
@@ -280,4 +300,4 @@ class ChildPool:
             self._retire(child, why)
 
 
-__all__ = ["ChildCrashed", "ChildJobError", "ChildPool", "SandboxSettings"]
+__all__ = ["ChildCrashed", "ChildJobError", "ChildPool", "NotDispatched", "SandboxSettings"]

@@ -35,7 +35,7 @@ from rqsup.queue.record import JobRecord, fields_of
 from rqsup.supervisor import maintenance
 from rqsup.supervisor.active import ActiveJob, Running
 from rqsup.supervisor.child import ChildJobError
-from rqsup.supervisor.pool import ChildPool, SandboxSettings
+from rqsup.supervisor.pool import ChildPool, NotDispatched, SandboxSettings
 from rqsup.supervisor.pump import Pump
 from rqsup.supervisor.threads import ThreadRunner
 
@@ -259,6 +259,13 @@ class Worker:
         lose a reply (a claim's jobs would sit active until their lease ran out)."""
         self.claiming = False
         self.pump.idle.set()  # the wait-for-work loop sees claiming off and returns
+        if self.pool is not None:
+            # Prefetched jobs still waiting for a child do not start now.
+            self.pool.draining = True
+            for r in self.running.values():
+                if not r.dispatched and not r.finished and r.task is not None:
+                    r.lost = True
+                    r.task.cancel()
         with contextlib.suppress(*CONNECTION_ERRORS):
             # No more hand-offs to us; and wake our own blocked wait.
             await self.client.zrem(self.core.keys.idle, self.idle_member)
@@ -357,7 +364,7 @@ class Worker:
                 if self.pool is not None:
                     result = RawJSON(await self.pool.run(
                         r.id, r.record.name, r.record.raw.get("data") or "null",
-                        r.record.attempts_made, job._sink,
+                        r.record.attempts_made, job._sink, r.mark_dispatched,
                     ))
                 elif self._threads is not None:
                     fut = self._threads.submit(self.processor, job)  # type: ignore[arg-type]
@@ -376,6 +383,8 @@ class Worker:
             self._fail(r, error_info(err))
         except ChildJobError as exc:  # the processor raised, in its child
             self._fail(r, exc.info)
+        except NotDispatched:
+            r.lost = True  # never started: given back with the rest at close
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise

@@ -1,0 +1,19 @@
+"""Imported by the forkserver at its start: imports the processor modules
+named in ``RQSUP_PRELOAD`` (comma-separated) so that every child forked from
+it has them already.
+
+A module that fails to import is skipped here (a child reports the real
+error when it imports it itself at boot). The stdlib's preload only
+tolerates ImportError: any other exception at import (a RuntimeError, a
+SyntaxError) would kill the forkserver and with it every queue's children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+
+for _name in filter(None, os.environ.get("RQSUP_PRELOAD", "").split(",")):
+    with contextlib.suppress(BaseException):
+        importlib.import_module(_name)
