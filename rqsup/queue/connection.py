@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
@@ -30,13 +31,15 @@ def sync_client(url: str | None) -> redis.Redis:
     )
 
 
-def async_client(url: str | None) -> aredis.Redis:
+def async_client(url: str | None, **extra: Any) -> aredis.Redis:
+    """``extra``: connection options such as ``ssl_ca_certs`` (TLS with a private CA)."""
     return aredis.Redis.from_url(
         url or DEFAULT_URL,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=5.0,
         retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         health_check_interval=30,
+        **extra,
     )
 
 

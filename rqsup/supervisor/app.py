@@ -89,7 +89,8 @@ class Supervisor:
 
     async def _redis_url(self) -> str:
         rc = self.config.redis
-        probe = aredis.Redis.from_url(rc.url, socket_connect_timeout=2, socket_timeout=2)
+        tls: dict[str, Any] = {"ssl_ca_certs": str(rc.ssl_ca_certs)} if rc.ssl_ca_certs else {}
+        probe = aredis.Redis.from_url(rc.url, socket_connect_timeout=2, socket_timeout=2, **tls)
         try:
             await probe.ping()
             return rc.url
@@ -164,7 +165,9 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         try:
-            self.client = async_client(await self._redis_url())
+            url = await self._redis_url()
+            tls = {"ssl_ca_certs": str(cfg.redis.ssl_ca_certs)} if cfg.redis.ssl_ca_certs else {}
+            self.client = async_client(url, **tls)
             ttl = max(3 * cfg.supervisor.renew_interval_s, 5.0)
             self.identity = Identity(self.client, cfg.redis.prefix, name, ttl)
             await self.identity.claim(wait_s=2 * ttl + 1)
