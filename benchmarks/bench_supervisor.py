@@ -17,44 +17,31 @@ what each row measures.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
+# Only light imports at the top: under a multiprocessing forkserver every
+# child of a pool imports the launching program's __main__ again (see the
+# README), and the worker processes here are spawned from this script. The
+# heavy ones (asyncio, redis, rqsup, psutil) are imported where they are used.
 import contextlib
-import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
-from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psutil
-from bench_core import (
-    Results,
-    Row,
-    WarningCollector,
-    check_drained,
-    fmt,
-    fresh,
-    machine_info,
-    percentile,
-)
-from bench_procs import burn
+if TYPE_CHECKING:
+    import subprocess
+    from multiprocessing.connection import Connection
+    from pathlib import Path
 
-from rqsup import Queue
-from rqsup.queue.options import DEFAULT_KEEP_COMPLETED
-from rqsup.redis_server import RedisServer
+    from bench_core import Results, Row
+
+    from rqsup import Queue
 
 SHARED_REDIS_PORT = 6379
-REPO = Path(__file__).resolve().parent.parent
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The processors, as the children import them (the repository root on their path).
 PROCS = "benchmarks.bench_procs"
 
@@ -86,6 +73,10 @@ log = logging.getLogger("bench")
 
 def _worker_proc(spec: dict[str, Any], conn: Connection) -> None:
     """A spawned process: one Worker runs ``spec["n"]`` jobs; the figures go to ``conn``."""
+    import asyncio
+
+    from bench_core import WarningCollector
+
     logging.basicConfig(level=logging.WARNING,
                         format="[worker %(process)d] %(levelname)s %(name)s: %(message)s")
     collector = WarningCollector()
@@ -102,6 +93,8 @@ def _worker_proc(spec: dict[str, Any], conn: Connection) -> None:
 
 async def _lag_sampler(out: list[float]) -> None:
     """How late a 10 ms timer fires, each time (seconds)."""
+    import asyncio
+
     while True:
         before = time.perf_counter()
         await asyncio.sleep(LAG_TICK_S)
@@ -109,6 +102,8 @@ async def _lag_sampler(out: list[float]) -> None:
 
 
 async def _worker_run(spec: dict[str, Any]) -> dict[str, Any]:
+    import asyncio
+
     from rqsup.supervisor import Worker
     from rqsup.supervisor.health import LagMonitor
     from rqsup.supervisor.pool import SandboxSettings
@@ -132,7 +127,7 @@ async def _worker_run(spec: dict[str, Any]) -> dict[str, Any]:
         if w.processed >= n:
             done.set()
 
-    w.on_acked = on_acked  # type: ignore[method-assign]
+    w.on_acked = on_acked  # type: ignore[assignment]
     lag: list[float] = []
     monitor = LagMonitor()
     samplers = []
@@ -178,11 +173,15 @@ def run_worker(spec: dict[str, Any], res: Results, what: str) -> dict[str, Any]:
     p = ctx.Process(target=_worker_proc, args=(spec, send), name=f"bench worker {what}")
     p.start()
     send.close()
+    answered = False
     try:
         if not recv.poll(RUN_DEADLINE_S + 2 * CLOSE_DEADLINE_S + 30):
             raise TimeoutError(f"{what}: worker process sent nothing")
         out: dict[str, Any] = recv.recv()
+        answered = True
     finally:
+        if not answered:  # a hang, or we are stopping: its children die with it
+            p.kill()
         p.join(CLOSE_DEADLINE_S)
         if p.is_alive():
             res.problems.append(f"{what}: worker process had not exited; killed it")
@@ -207,6 +206,8 @@ def _spec(url: str, q: Queue, processor: str, mode: str, concurrency: int, n: in
 
 
 def _kept(n: int) -> int:
+    from rqsup.queue.options import DEFAULT_KEEP_COMPLETED
+
     return min(n, DEFAULT_KEEP_COMPLETED["count"])
 
 
@@ -214,6 +215,8 @@ def _kept(n: int) -> int:
 
 
 def bench_noop(q: Queue, url: str, res: Results, prefetch: int | None) -> None:
+    from bench_core import check_drained, fresh
+
     fresh(q)
     q.add_bulk([("n", {"i": i}) for i in range(NOOP_JOBS)])
     label = "default" if prefetch is None else str(prefetch)
@@ -221,7 +224,7 @@ def bench_noop(q: Queue, url: str, res: Results, prefetch: int | None) -> None:
     out = run_worker(_spec(url, q, f"{PROCS}:noop", "process", NOOP_CONCURRENCY, NOOP_JOBS,
                            prefetch=prefetch), res, what)
     check_drained(q, res, what, _kept(NOOP_JOBS))
-    shown = f"{NOOP_CONCURRENCY} (default)" if prefetch is None else str(prefetch)
+    shown = f"{NOOP_CONCURRENCY} = default" if prefetch is None else str(prefetch)
     res.add(f"noop_p{label}",
             f"process no-op ({NOOP_JOBS:,} jobs, {NOOP_CONCURRENCY} children, "
             f"prefetch {shown})", "jobs/s", NOOP_JOBS / out["elapsed"])
@@ -235,6 +238,8 @@ def bench_noop(q: Queue, url: str, res: Results, prefetch: int | None) -> None:
 
 def calibrate(seconds: float) -> int:
     """Loop count of ``bench_procs.burn`` that takes ``seconds`` here (best of 5)."""
+    from bench_procs import burn
+
     probe = 200_000
     burn(probe)  # warm up
     best = min(_timed(burn, probe) for _ in range(5))
@@ -248,6 +253,8 @@ def _timed(fn: Callable[[int], Any], arg: int) -> float:
 
 
 def bench_cpu(q: Queue, url: str, res: Results, loops: int) -> None:
+    from bench_core import check_drained, fresh
+
     rates: dict[str, float] = {}
     for key, mode, conc, label in (("p1", "process", 1, "process, 1 child"),
                                    ("p2", "process", 2, "process, 2 children"),
@@ -271,6 +278,8 @@ def bench_cpu(q: Queue, url: str, res: Results, loops: int) -> None:
 
 
 def bench_dispatch(q: Queue, url: str, res: Results) -> None:
+    from bench_core import check_drained, fresh
+
     per_job: dict[str, float] = {}
     for mode, proc in (("process", f"{PROCS}:noop"), ("async", f"{PROCS}:noop_async")):
         fresh(q)
@@ -301,6 +310,10 @@ def bench_dispatch(q: Queue, url: str, res: Results) -> None:
 
 
 def _boot_proc(n: int, conn: Connection) -> None:
+    import asyncio
+
+    from bench_core import WarningCollector
+
     logging.basicConfig(level=logging.WARNING,
                         format="[boot %(process)d] %(levelname)s %(name)s: %(message)s")
     collector = WarningCollector()
@@ -356,16 +369,22 @@ async def _boot_run(n: int) -> dict[str, Any]:
 
 
 def bench_boot(res: Results) -> None:
+    from bench_core import percentile
+
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_boot_proc, args=(BOOT_CHILDREN, send), name="bench boot")
     p.start()
     send.close()
+    answered = False
     try:
         if not recv.poll(RUN_DEADLINE_S):
             raise TimeoutError("child boot: helper process sent nothing")
         out: dict[str, Any] = recv.recv()
+        answered = True
     finally:
+        if not answered:
+            p.kill()
         p.join(CLOSE_DEADLINE_S)
         if p.is_alive():
             res.problems.append("child boot: helper process had not exited; killed it")
@@ -395,6 +414,8 @@ def bench_boot(res: Results) -> None:
 
 
 def bench_lag(q: Queue, url: str, res: Results, loops_50ms: int) -> None:
+    from bench_core import check_drained, fresh, percentile
+
     fresh(q)
     loops = round(loops_50ms * LAG_JOB_S / CPU_JOB_S)
     q.add_bulk([("cpu", {"loops": loops}) for _ in range(LAG_JOBS)])
@@ -403,8 +424,8 @@ def bench_lag(q: Queue, url: str, res: Results, loops_50ms: int) -> None:
                      res, what)
     check_drained(q, res, what, LAG_JOBS)
     lag_ms = [x * 1e3 for x in out["lag"]]
-    name = f"loop lag, 2 children busy ({LAG_JOBS} x {LAG_JOB_S:g} s jobs, " \
-           f"{out['elapsed']:.1f} s), {LAG_TICK_S * 1e3:.0f} ms timer"
+    name = f"loop lag, 2 children busy ({LAG_JOBS} x {LAG_JOB_S:g} s jobs), " \
+           f"{LAG_TICK_S * 1e3:.0f} ms timer"
     res.add("lag_p99", f"{name} p99", "ms", percentile(lag_ms, 99))
     res.add("lag_max", f"{name} max", "ms", max(lag_ms))
     res.add("lagmon_p99", f"loop lag, same run, LagMonitor.p99_ms() "
@@ -415,6 +436,8 @@ def bench_lag(q: Queue, url: str, res: Results, loops_50ms: int) -> None:
 
 
 def _rqsup_bin() -> str:
+    from pathlib import Path
+
     path = Path(sys.executable).parent / "rqsup"
     if not path.exists():
         raise RuntimeError(f"{path} not found: install the project (pip install -e .)")
@@ -455,6 +478,8 @@ def _marks(mark_dir: Path) -> dict[str, list[tuple[float, int]]]:
 
 
 def _memory(sup_pid: int) -> dict[str, Any]:
+    import psutil
+
     sup = psutil.Process(sup_pid)
     info: dict[str, Any] = {"supervisor_rss": sup.memory_info().rss, "children": [],
                             "forkserver_rss": None}
@@ -470,6 +495,8 @@ def _memory(sup_pid: int) -> dict[str, Any]:
 
 
 def _stop_process(p: subprocess.Popen[bytes], timeout: float) -> int | None:
+    import subprocess
+
     if p.poll() is None:
         p.send_signal(signal.SIGTERM)
         try:
@@ -502,9 +529,11 @@ class Supervisors:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+        import subprocess
+
         env = dict(os.environ)
         with open(log_path, "wb") as logf:
-            p = subprocess.Popen([_rqsup_bin(), "start", str(config)], cwd=str(REPO), env=env,
+            p = subprocess.Popen([_rqsup_bin(), "start", str(config)], cwd=REPO, env=env,
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=logf)
         self.procs.append(p)
@@ -514,10 +543,25 @@ class Supervisors:
         for p in self.procs:
             with contextlib.suppress(Exception):
                 _stop_process(p, CLOSE_DEADLINE_S)
+        self.procs = [p for p in self.procs if p.poll() is None]
 
 
 def bench_restart(q: Queue, url: str, res: Results, tmp: Path, sups: Supervisors,
                   run: int) -> None:
+    try:
+        _restart_run(q, url, res, tmp, sups, run)
+    finally:
+        # A failed run must not leave its supervisor holding the name for the next.
+        sups.stop_all()
+
+
+def _restart_run(q: Queue, url: str, res: Results, tmp: Path, sups: Supervisors,
+                 run: int) -> None:
+    import re
+
+    import psutil
+    from bench_core import check_drained, fresh
+
     fresh(q)
     work = tmp / f"restart-{run}"
     mark_dir = work / "marks"
@@ -530,12 +574,16 @@ def bench_restart(q: Queue, url: str, res: Results, tmp: Path, sups: Supervisors
         'name = "bench-restart"\n'
         'lease = "60s"\n'
         'shutdown_grace = "10s"\n'
-        'log_level = "info"\n'
+        'log_level = "debug"\n'  # the pool logs each child's boot time at debug
         "\n[[queues]]\n"
         f'name = "{q.name}"\n'
         f'processor = "{PROCS}:sleep_s"\n'
         'mode = "process"\n'
         "concurrency = 2\n"
+        # Recycled after their job: the new supervisor's log then also gives
+        # the boot time of a child from a running forkserver.
+        "\n[queues.sandbox]\n"
+        "max_jobs_per_child = 1\n"
     )
     log1, log2 = work / "first.log", work / "second.log"
     ready = "supervisor bench-restart ready"
@@ -566,7 +614,7 @@ def bench_restart(q: Queue, url: str, res: Results, tmp: Path, sups: Supervisors
                 sum(c["uss"] for c in kids) / len(kids) / 2**20)
         if mem["forkserver_rss"] is not None:
             res.add("rss_forkserver", "forkserver RSS", "MiB", mem["forkserver_rss"] / 2**20)
-    old_tree = [p.pid for p in psutil.Process(first.pid).children(recursive=True)]
+    old_tree = psutil.Process(first.pid).children(recursive=True)
 
     # 6: two 1-s jobs running; SIGKILL; restart; both running again.
     jobs = q.add_bulk([("sleep", {"s": RESTART_JOB_S, "mark": str(mark_dir)})
@@ -591,17 +639,30 @@ def bench_restart(q: Queue, url: str, res: Results, tmp: Path, sups: Supervisors
         res.problems.append(f"restart run {run}: the new supervisor did not log the requeue "
                             "of the jobs its previous incarnation left active")
     _wait_for(lambda: q.counts()["completed"] == 2, 15, "both jobs completed")
+    boot_line = re.compile(r"booted in ([0-9.]+) ms")
+    _wait_for(lambda: len(boot_line.findall(log2.read_text(errors="replace"))) >= 4, 15,
+              "both children of the new supervisor recycled")
     code = _stop_process(second, CLOSE_DEADLINE_S)
     if code != 0:
         res.problems.append(f"restart run {run}: second supervisor exited with {code}")
     leftovers = []
-    for pid in old_tree:
+    for p in old_tree:  # is_running() also checks the start time: no pid reuse mix-up
         with contextlib.suppress(psutil.Error):
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                leftovers.append(pid)
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                leftovers.append(p.pid)
     if leftovers:
         res.problems.append(f"restart run {run}: processes of the SIGKILLed supervisor still "
                             f"alive after the run: {leftovers}")
+    # "child #0 pid 123 booted in 45.6 ms": at start, the two children boot at
+    # once while the forkserver starts; after that, one at a time from it.
+    for path in (log1, log2):
+        for i, ms in enumerate(boot_line.findall(path.read_text(errors="replace"))):
+            if i < 2:
+                res.add("boot_sup_cold", "child boot under rqsup start: the first 2 (at once, "
+                        "forkserver starting)", "ms", float(ms))
+            else:
+                res.add("boot_sup_warm", "child boot under rqsup start: a recycled child", "ms",
+                        float(ms))
     res.problems += _log_problems(log1, f"restart run {run}: first supervisor")
     res.problems += _log_problems(log2, f"restart run {run}: second supervisor")
     check_drained(q, res, f"restart run {run}", 2)
@@ -611,6 +672,8 @@ def bench_restart(q: Queue, url: str, res: Results, tmp: Path, sups: Supervisors
 
 
 def targets(res: Results) -> list[dict[str, Any]]:
+    from bench_core import fmt
+
     out: list[dict[str, Any]] = []
 
     def check(what: str, row: Row | None, op: str, goal: float, unit: str,
@@ -637,6 +700,8 @@ def targets(res: Results) -> list[dict[str, Any]]:
 
 def print_report(info: dict[str, Any], runs: int, loops: int, res: Results,
                  tg: list[dict[str, Any]], total_s: float) -> None:
+    from bench_core import fmt
+
     print()
     print(f"rqsup bench_supervisor: {info['cores']} cores, {info['cpu_model']}, "
           f"Python {info['python']}, redis-server {info['redis_server']}, "
@@ -662,14 +727,14 @@ def print_report(info: dict[str, Any], runs: int, loops: int, res: Results,
         print(line(t))
     print()
     print("targets (median vs goal):")
-    for t in tg:
-        if t["met"] is None:
-            print(f"  {t['target']:<30} goal {t['goal']:<14} not measured")
+    for g in tg:
+        if g["met"] is None:
+            print(f"  {g['target']:<30} goal {g['goal']:<14} not measured")
             continue
-        verdict = "MET" if t["met"] else "MISSED"
-        note = f"; {t['note']}" if t["note"] else ""
-        print(f"  {t['target']:<30} goal {t['goal']:<14} got {fmt(t['result']):>8}  "
-              f"{verdict} ({t['ratio']:.2f}x of goal{note})")
+        verdict = "MET" if g["met"] else "MISSED"
+        note = f"; {g['note']}" if g["note"] else ""
+        print(f"  {g['target']:<30} goal {g['goal']:<14} got {fmt(g['result']):>8}  "
+              f"{verdict} ({g['ratio']:.2f}x of goal{note})")
     if res.problems:
         print()
         print("problems seen during the run:")
@@ -682,6 +747,18 @@ def print_report(info: dict[str, Any], runs: int, loops: int, res: Results,
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import shutil
+    import tempfile
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from bench_core import Results, WarningCollector, machine_info
+
+    from rqsup import Queue
+    from rqsup.redis_server import RedisServer
+
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--tcp", action="store_true", help="TCP loopback instead of a unix socket")
     ap.add_argument("--quick", action="store_true", help="1 run per row instead of 3")
@@ -699,7 +776,9 @@ def main(argv: list[str] | None = None) -> int:
     # worker processes and under `rqsup start`) need the repository root on
     # their path whatever the current directory is.
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
+    if REPO not in sys.path:  # the spawned worker processes take this sys.path
+        sys.path.insert(1, REPO)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     collector = WarningCollector()
