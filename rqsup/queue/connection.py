@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -10,6 +11,13 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
+try:
+    from hiredis import pack_command as _hiredis_pack_command
+
+    _pack: Callable[[tuple[Any, ...]], bytes] | None = _hiredis_pack_command
+except ImportError:  # hiredis is a dependency; an old one may lack pack_command
+    _pack = None
 
 DEFAULT_URL = "redis://localhost:6379/0"
 
@@ -33,13 +41,38 @@ def sync_client(url: str | None) -> redis.Redis:
 
 def async_client(url: str | None, **extra: Any) -> aredis.Redis:
     """``extra``: connection options such as ``ssl_ca_certs`` (TLS with a private CA)."""
-    return aredis.Redis.from_url(
+    client = aredis.Redis.from_url(
         url or DEFAULT_URL,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=5.0,
         retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         health_check_interval=30,
         **extra,
+    )
+    _fast_packing(client)
+    return client
+
+
+def _hiredis_pack(self: Any, *args: Any) -> list[bytes]:
+    if isinstance(args[0], str):  # "CONFIG GET": the words go separately
+        args = tuple(args[0].encode().split()) + args[1:]
+    assert _pack is not None
+    return [_pack(args)]
+
+
+def _fast_packing(client: aredis.Redis) -> None:
+    """redis-py's asyncio connections pack commands in pure Python (about
+    20 µs for a script call with 30 arguments, a fifth of a worker's time per
+    call under load); its sync ones already use hiredis. Give the pool's
+    connection class hiredis packing when hiredis has it."""
+    if _pack is None:
+        return
+    pool = client.connection_pool
+    base = pool.connection_class
+    if getattr(base, "_rqsup_fast", False):
+        return
+    pool.connection_class = type(
+        f"Fast{base.__name__}", (base,), {"pack_command": _hiredis_pack, "_rqsup_fast": True}
     )
 
 

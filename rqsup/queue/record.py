@@ -26,7 +26,11 @@ def fields_of(reply: Mapping[Any, Any] | Sequence[Any]) -> dict[str, str]:
     if isinstance(reply, Mapping):
         return {codec.text(k): codec.text(v) for k, v in reply.items()}
     it = iter(reply)
-    return {codec.text(k): codec.text(v) for k, v in zip(it, it, strict=True)}
+    try:  # the usual case, bytes from Redis: decode directly (a claim's hot path)
+        return {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}
+    except (AttributeError, UnicodeDecodeError):
+        it = iter(reply)
+        return {codec.text(k): codec.text(v) for k, v in zip(it, it, strict=True)}
 
 
 @dataclass
@@ -146,3 +150,11 @@ class JobRecord:
     @property
     def worker(self) -> str | None:
         return self.raw.get("worker") or None
+
+    @property
+    def dedup_id(self) -> str | None:
+        """The deduplication id the job was added with, if any."""
+        if self.raw.get("dedup_id"):
+            return self.raw["dedup_id"]
+        dedup = self.options.dedup if self.raw.get("opts") else None
+        return dedup.get("id") if isinstance(dedup, dict) else None

@@ -71,9 +71,6 @@ class Running:
     #: Process mode: handed to a child (a prefetched job waits until then).
     dispatched: bool = False
 
-    def mark_dispatched(self) -> None:
-        self.dispatched = True
-
     @property
     def id(self) -> str:
         return self.record.id

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import signal
+import struct
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -22,6 +24,8 @@ import psutil
 from rqsup.sandbox.child import ChildSpec, child_main
 
 log = logging.getLogger("rqsup.pool")
+_HEADER = struct.Struct("!i")
+_BIG = struct.Struct("!Q")
 out_log = logging.getLogger("rqsup.child")
 
 
@@ -39,6 +43,12 @@ class ChildJobError(Exception):
     def __init__(self, info: dict[str, Any]) -> None:
         super().__init__(info.get("message", ""))
         self.info = info
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def describe_exit(code: int | None) -> str:
@@ -70,6 +80,7 @@ class Child:
         self._sink: Callable[[str, str], None] | None = None
         self._kill_reason: str | None = None
         self._partial = b""
+        self._inbuf = b""
         self._ps: psutil.Process | None = None
         #: The pipe hit EOF: the child is gone (or going).
         self.dead = False
@@ -95,6 +106,7 @@ class Child:
         os.set_blocking(out_r.fileno(), False)
         loop.add_reader(out_r.fileno(), self._on_output)
         self._reply = loop.create_future()
+        # Blocking fd: sends stay simple; a read after readiness never blocks.
         loop.add_reader(parent.fileno(), self._on_message)
         try:
             async with asyncio.timeout(timeout_s):
@@ -122,7 +134,12 @@ class Child:
         self.job_id = job_id
         self._kill_reason = None
         try:
-            self.conn.send(("job", job_id, name, data_text, attempts_made))
+            # Connection's framing, in one write (conn.send costs twice as much).
+            payload = pickle.dumps(("job", job_id, name, data_text, attempts_made), 5)
+            if len(payload) < 1 << 16:
+                _write_all(self.conn.fileno(), _HEADER.pack(len(payload)) + payload)
+            else:
+                self.conn.send_bytes(payload)
             msg = await self._reply
         except (BrokenPipeError, ConnectionResetError, EOFError):
             raise ChildCrashed(await self._exit_reason()) from None
@@ -143,18 +160,44 @@ class Child:
     # -- reading --------------------------------------------------------------
 
     def _on_message(self) -> None:
+        """Read what the pipe holds and decode every whole frame in it.
+
+        The frames are multiprocessing.Connection's (a 4-byte big-endian
+        length, then a pickle); reading them ourselves takes one read per
+        wake-up instead of a poll and two reads per message.
+        """
         assert self.conn is not None
         try:
-            while self.conn.poll():
-                msg = self.conn.recv()
-                kind = msg[0]
-                if kind in ("progress", "log"):
-                    if self._sink is not None:
-                        self._sink(kind, msg[1])
-                elif self._reply is not None and not self._reply.done():
-                    self._reply.set_result(msg)
-        except (EOFError, OSError):
+            chunk = os.read(self.conn.fileno(), 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
             self._on_eof()
+            return
+        buf = self._inbuf + chunk if self._inbuf else chunk
+        pos, end = 0, len(buf)
+        while end - pos >= 4:
+            (n,) = _HEADER.unpack_from(buf, pos)
+            if n == -1:  # a frame over 2 GiB: 8 more bytes of length
+                if end - pos < 12:
+                    break
+                (n,) = _BIG.unpack_from(buf, pos + 4)
+                start = pos + 12
+            else:
+                start = pos + 4
+            if end - start < n:
+                break
+            msg = pickle.loads(buf[start:start + n])
+            pos = start + n
+            kind = msg[0]
+            if kind == "progress" or kind == "log":
+                if self._sink is not None:
+                    self._sink(kind, msg[1])
+            elif self._reply is not None and not self._reply.done():
+                self._reply.set_result(msg)
+        self._inbuf = buf[pos:]
 
     def _on_eof(self) -> None:
         loop = asyncio.get_running_loop()

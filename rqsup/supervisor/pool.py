@@ -95,6 +95,10 @@ class ChildPool:
         #: Set when the processor keeps failing to boot: the queue stops claiming.
         self.failed: str | None = None
         self.closing = False
+        #: Jobs waiting for a child (prefetched, not dispatched yet).
+        self.waiting = 0
+        #: Moving average of the time a job spends in a child (None: no job yet).
+        self.avg_job_s: float | None = None
         #: Set by the worker's close: jobs still waiting for a child never start.
         self.draining = False
         self.started_children = 0
@@ -156,9 +160,13 @@ class ChildPool:
         """Run one job in a child; its result as JSON text. Raises ChildJobError
         (the processor raised), ChildCrashed (the child died); a cancel (timeout,
         lease lost, shutdown) kills the child's process group."""
-        child = await self.idle.get()
-        while child.dead:  # died while idle; its replacement is on the way
+        self.waiting += 1
+        try:
             child = await self.idle.get()
+            while child.dead:  # died while idle; its replacement is on the way
+                child = await self.idle.get()
+        finally:
+            self.waiting -= 1
         if self.draining:
             # Shutdown began while this job waited for a child: it never
             # starts; the worker gives it back untouched.
@@ -166,8 +174,10 @@ class ChildPool:
             raise NotDispatched(job_id)
         if on_dispatch is not None:
             on_dispatch()
+        began = time.monotonic()
         try:
             result = await child.run(job_id, name, data_text, attempts_made, sink)
+            self._timed(began)
         except asyncio.CancelledError:
             self._retire(child, f"job {job_id} cancelled", kill=True)
             raise
@@ -176,10 +186,16 @@ class ChildPool:
             self._retire(child, "crashed", kill=True)
             raise
         except ChildJobError:
+            self._timed(began)
             self._release(child)
             raise
         self._release(child)
         return result
+
+    def _timed(self, began: float) -> None:
+        took = time.monotonic() - began
+        avg = self.avg_job_s
+        self.avg_job_s = took if avg is None else avg + 0.05 * (took - avg)
 
     def _release(self, child: Child) -> None:
         s = self.settings

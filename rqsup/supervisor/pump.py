@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rqsup.worker")
 
+#: Group commit under load (process mode): wait up to LINGER_S for up to
+#: LINGER_BATCH completions before a call.
+LINGER_S = 0.002
+LINGER_BATCH = 64
+
 _FAIL_OUTCOMES = {1: "retrying now", 2: "retrying later", 3: "failed", 0: "already recorded"}
 
 
@@ -80,6 +85,8 @@ class Pump:
             self.wake.clear()
             while self.pending() or self._claim_count() > 0 or self.check_orphans:
                 try:
+                    if self._linger_ok():
+                        await self._linger()
                     await self._step()
                     backoff_s = 0.05
                 except CONNECTION_ERRORS as exc:
@@ -88,6 +95,27 @@ class Pump:
                                 self.w.queue_name, exc, backoff_s)
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, 5.0)
+
+    def _linger_ok(self) -> bool:
+        """Hold completions back a moment to send more per call, but only while
+        the children have queued work to run meanwhile (process mode, under
+        load). An idle worker never lingers: request/response latency stays."""
+        w = self.w
+        if w.pool is None or self.stopping or self.check_orphans or self.fails or self.writes:
+            return False
+        n = len(self.completes)
+        return 0 < n < LINGER_BATCH and w.undispatched() >= max(w.concurrency, w.capacity // 2)
+
+    async def _linger(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_S
+        while self._linger_ok():
+            self.wake.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.wake.wait()
+            except TimeoutError:
+                return
 
     def _claim_count(self) -> int:
         if not (self.maybe_work and self.w.can_claim()):

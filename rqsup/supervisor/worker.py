@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import math
 import os
 import socket
 import time
@@ -42,6 +43,10 @@ from rqsup.supervisor.threads import ThreadRunner
 log = logging.getLogger("rqsup.worker")
 
 MODES = ("async", "thread", "process")
+#: Adaptive prefetch (process mode): hold about this much work beyond the
+#: running jobs, at least one job and at most MAX_PREFETCH_PER_SLOT per child.
+PREFETCH_WINDOW_S = 0.05
+MAX_PREFETCH_PER_SLOT = 32
 
 
 class JobTimedOut(Exception):
@@ -137,11 +142,12 @@ class Worker:
         #: Jobs held beyond the running ones (process mode): a child that frees
         #: up starts its next job at once instead of after a Redis round trip.
         #: Their leases are renewed like the others'.
-        if prefetch is None:
-            prefetch = concurrency if mode == "process" else 0
-        if prefetch < 0:
+        #: None in process mode: adaptive (about PREFETCH_WINDOW_S of work).
+        if prefetch is None and mode != "process":
+            prefetch = 0
+        if prefetch is not None and prefetch < 0:
             raise InvalidOption(f"prefetch must be >= 0, got {prefetch!r}")
-        self.capacity = concurrency + prefetch
+        self.prefetch = prefetch
         #: False under the supervisor: its one renewer covers every queue.
         self.own_renewer = own_renewer
         self.lease_ms = round(lease_s * 1000)
@@ -183,6 +189,28 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"Worker({self.queue_name!r}, mode={self.mode!r}, id={self.worker_id!r})"
+
+    @property
+    def capacity(self) -> int:
+        """How many jobs we hold at most: running plus prefetched. Adaptive
+        prefetch keeps about PREFETCH_WINDOW_S of work queued per queue, so
+        short jobs get batched while long ones are not hoarded from other
+        supervisors."""
+        if self.prefetch is not None:
+            return self.concurrency + self.prefetch
+        avg = self.pool.avg_job_s if self.pool is not None else None
+        if avg is None:
+            return 2 * self.concurrency
+        extra = math.ceil(self.concurrency * PREFETCH_WINDOW_S / max(avg, 1e-6))
+        return self.concurrency + min(max(extra, 1), MAX_PREFETCH_PER_SLOT * self.concurrency)
+
+    def undispatched(self) -> int:
+        """Process mode: jobs claimed and waiting for a child."""
+        return self.pool.waiting if self.pool is not None else 0
+
+    def _dispatched(self, r: Running) -> None:
+        r.dispatched = True
+        self.pump.wake.set()  # a lingering pump re-checks whether children run dry
 
     def busy_count(self) -> int:
         return sum(1 for r in self.running.values() if not r.finished)
@@ -357,19 +385,23 @@ class Worker:
         return from_thread
 
     async def _execute(self, r: Running) -> None:
-        job = ActiveJob(r.record, self._sink(r))
+        sink = self._sink(r)
+        # Process mode hands the child the raw JSON: no ActiveJob to build here.
+        job = ActiveJob(r.record, sink) if self.pool is None else None
         timeout_s = r.options.timeout_ms / 1000 if r.options.timeout_ms else None
         try:
             async with asyncio.timeout(timeout_s) as cm:
                 if self.pool is not None:
                     result = RawJSON(await self.pool.run(
                         r.id, r.record.name, r.record.raw.get("data") or "null",
-                        r.record.attempts_made, job._sink, r.mark_dispatched,
+                        r.record.attempts_made, sink, lambda: self._dispatched(r),
                     ))
                 elif self._threads is not None:
+                    assert job is not None
                     fut = self._threads.submit(self.processor, job)  # type: ignore[arg-type]
                     result = await asyncio.shield(fut)
                 else:
+                    assert job is not None
                     result = await self.processor(job)  # type: ignore[operator]
         except asyncio.CancelledError:
             if r.lost:
