@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from rqsup.sandbox.child import ChildSpec, child_main
+from rqsup.sandbox.launch import ChildProcess
 
 log = logging.getLogger("rqsup.pool")
 _HEADER = struct.Struct("!i")
@@ -96,12 +97,13 @@ class Child:
         loop = asyncio.get_running_loop()
         parent, child_end = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=child_main, args=(spec, child_end, out_w, alive_r),
-                           name=f"rqsup-child-{spec.queue}-{spec.slot}", daemon=False)
+        proc = ChildProcess(target=child_main, args=(spec, child_end, out_w, alive_r),
+                            name=f"rqsup-child-{spec.queue}-{spec.slot}", daemon=False)
         # Starting talks to the forkserver (a few ms): keep it off the loop.
         await loop.run_in_executor(None, proc.start)
         child_end.close()
         out_w.close()
+        assert proc.pid is not None
         self.proc, self.conn, self.out, self.pid = proc, parent, out_r, proc.pid
         os.set_blocking(out_r.fileno(), False)
         loop.add_reader(out_r.fileno(), self._on_output)
