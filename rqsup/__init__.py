@@ -22,13 +22,17 @@ from rqsup.errors import (
     JobStateError,
     LeaseLost,
     MalformedJob,
+    RateLimited,
     RqsupError,
     UnrecoverableError,
+    WaitingChildren,
 )
 
 if TYPE_CHECKING:
     from rqsup.queue.aqueue import AsyncJob, AsyncQueue
     from rqsup.queue.events import Event, QueueEvents
+    from rqsup.queue.flow_producer import AsyncFlowProducer, FlowProducer
+    from rqsup.queue.flows import FlowJob
     from rqsup.queue.queue import Job, Queue
     from rqsup.supervisor import ActiveJob, Worker
 
@@ -36,6 +40,9 @@ _LAZY = {
     "AsyncJob": "rqsup.queue.aqueue",
     "AsyncQueue": "rqsup.queue.aqueue",
     "Event": "rqsup.queue.events",
+    "AsyncFlowProducer": "rqsup.queue.flow_producer",
+    "FlowProducer": "rqsup.queue.flow_producer",
+    "FlowJob": "rqsup.queue.flows",
     "QueueEvents": "rqsup.queue.events",
     "Job": "rqsup.queue.queue",
     "Queue": "rqsup.queue.queue",
@@ -44,11 +51,12 @@ _LAZY = {
 }
 
 __all__ = [
-    "ActiveJob", "ActiveJobsError", "AsyncJob", "AsyncQueue", "ConfigError", "EncodeError",
-    "Event",
+    "ActiveJob", "ActiveJobsError", "AsyncFlowProducer", "AsyncJob", "AsyncQueue",
+    "ConfigError", "EncodeError", "Event", "FlowJob", "FlowProducer",
     "InvalidOption", "Job", "JobError", "JobFailed", "JobNotActive", "JobNotFound",
-    "JobStateError", "LeaseLost", "MalformedJob", "Queue", "QueueEvents", "RqsupError",
-    "UnrecoverableError", "Worker",
+    "JobStateError", "LeaseLost", "MalformedJob", "Queue", "QueueEvents", "RateLimited",
+    "RqsupError",
+    "UnrecoverableError", "WaitingChildren", "Worker",
 ]
 __version__ = "0.1.0"
 

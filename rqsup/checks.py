@@ -58,7 +58,36 @@ def run_checks(config: Config) -> list[CheckResult]:
     """Every check for one loaded config, in report order."""
     results = check_processors(config.queues)
     results += check_sandbox_users(config.queues)
+    results += check_schedulers(config)
     results += check_redis(config)
+    return results
+
+
+def check_schedulers(config: Config) -> list[CheckResult]:
+    """Each ``[[schedulers]]`` table: its next run (by this machine's clock), and
+    a warning when no ``[[queues]]`` of this file serves its queue."""
+    import time
+
+    from rqsup.queue.schedule import Schedule
+    from rqsup.units import format_duration
+
+    served = {q.name for q in config.queues}
+    results = []
+    for s in config.schedulers:
+        schedule = Schedule.build(cron=s.cron, every=s.every_s, tz=s.tz, start=s.start_ms,
+                                  end=s.end_ms, limit=s.limit)
+        what = f"cron {s.cron!r}" + (f" ({s.tz})" if s.tz else "") if s.cron else \
+            f"every {format_duration(s.every_s or 0)}"
+        first = schedule.first_run(int(time.time() * 1000))
+        when = "no run (past its end)" if first is None else "first run " + \
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(first / 1000))
+        name = f"scheduler {s.id}"
+        if s.queue in served:
+            results.append(CheckResult(name, OK, f"queue {s.queue}, {what}, {when}"))
+        else:
+            results.append(CheckResult(name, WARN, f"queue {s.queue} is not served by this "
+                                                   f"config: another supervisor must run it; "
+                                                   f"{what}, {when}"))
     return results
 
 

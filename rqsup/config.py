@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from rqsup import units
+from rqsup.config_schedulers import SchedulerConfig, parse_schedulers
 from rqsup.errors import ConfigError
 from rqsup.keys import validate_name
 from rqsup.queue import options as options_mod
@@ -38,8 +39,8 @@ from rqsup.tomltable import (
 )
 
 __all__ = [
-    "Config", "ConfigError", "QueueConfig", "RedisConfig", "SandboxConfig", "SupervisorConfig",
-    "load_config", "parse_config", "redact_url",
+    "Config", "ConfigError", "QueueConfig", "RedisConfig", "SandboxConfig", "SchedulerConfig",
+    "SupervisorConfig", "load_config", "parse_config", "redact_url",
 ]
 
 MODES = ("process", "thread", "async")
@@ -154,6 +155,12 @@ class QueueConfig:
     concurrency: int = 1
     defaults: dict[str, Any] = field(default_factory=dict)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    #: Queue-wide limits, across every supervisor (applied at start and reload):
+    #: at most rate_limit_max claims per rate_limit_duration_s, at most
+    #: global_concurrency active jobs. None: no limit from this config.
+    rate_limit_max: int | None = None
+    rate_limit_duration_s: float | None = None
+    global_concurrency: int | None = None
 
     @property
     def processor_module(self) -> str:
@@ -171,12 +178,13 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """One config file: Redis, the supervisor and its queues."""
+    """One config file: Redis, the supervisor, its queues and schedulers."""
 
     path: Path
     redis: RedisConfig
     supervisor: SupervisorConfig
     queues: tuple[QueueConfig, ...]
+    schedulers: tuple[SchedulerConfig, ...] = ()
 
 
 # -- loading -------------------------------------------------------------------
@@ -199,15 +207,17 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     """Validate already-parsed TOML; ``path`` names the file in messages and
     anchors relative paths (``private_dir``, ``ssl_ca_certs``)."""
     problems = Problems(os.fspath(path))
-    top = Table(raw, "", ("redis", "supervisor", "queues"), problems)
+    top = Table(raw, "", ("redis", "supervisor", "queues", "schedulers"), problems)
     base_dir = path.resolve().parent
     redis_cfg = _redis(top.table("redis", ("url", "prefix", "ssl_ca_certs", "start_private",
                                            "private_dir")), base_dir)
     supervisor = _supervisor(top.table("supervisor", _SUPERVISOR_KEYS))
     queues = _queues(top, problems)
+    schedulers = parse_schedulers(top, problems, _job_option_seconds)
     if problems.lines:
         raise ConfigError(problems.lines)
-    return Config(path=path.resolve(), redis=redis_cfg, supervisor=supervisor, queues=queues)
+    return Config(path=path.resolve(), redis=redis_cfg, supervisor=supervisor, queues=queues,
+                  schedulers=schedulers)
 
 
 def redact_url(url: str) -> str:
@@ -239,7 +249,9 @@ _SUPERVISOR_KEYS = (
     "name", "shutdown_grace", "lease", "renew_interval", "stall_interval", "max_stalled_count",
     "log_format", "log_level", "status_interval", "max_loop_lag", "block_timeout",
 )
-_QUEUE_KEYS = ("name", "processor", "mode", "concurrency", "defaults", "sandbox")
+_QUEUE_KEYS = ("name", "processor", "mode", "concurrency", "defaults", "sandbox",
+               "rate_limit", "global_concurrency")
+_RATE_LIMIT_KEYS = ("max", "duration")
 _SANDBOX_KEYS = (
     "isolation", "memory_soft", "memory_hard", "max_jobs_per_child", "idle_timeout",
     "boot_timeout", "nice", "user", "group", "rlimit_nofile", "rlimit_core", "rlimit_as",
@@ -324,8 +336,16 @@ def _queue(t: Table) -> QueueConfig:
             t.problem("sandbox", f'only applies to mode = "process"; this queue has mode = '
                                  f'"{mode}" (remove the [queues.sandbox] table)')
         sandbox = _sandbox(t.table("sandbox", _SANDBOX_KEYS))
+    rate_max: int | None = None
+    rate_window: float | None = None
+    if "rate_limit" in t.raw:
+        rl = t.table("rate_limit", _RATE_LIMIT_KEYS)
+        rate_max = rl.require("max", integer(1), None)
+        rate_window = rl.require("duration", duration(above=0.0), None)
     return QueueConfig(name=name, processor=processor, mode=mode, concurrency=concurrency,
-                       defaults=defaults, sandbox=sandbox)
+                       defaults=defaults, sandbox=sandbox, rate_limit_max=rate_max,
+                       rate_limit_duration_s=rate_window,
+                       global_concurrency=t.get("global_concurrency", integer(1), None))
 
 
 def _sandbox(t: Table) -> SandboxConfig:

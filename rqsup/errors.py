@@ -102,6 +102,27 @@ class UnrecoverableError(RqsupError):
     """Raised by a processor to fail the job at once, skipping remaining attempts."""
 
 
+class RateLimited(RqsupError):
+    """Raised by a processor (say after an upstream 429): the job goes back to
+    wait without spending an attempt, and the whole queue claims nothing for
+    ``delay`` seconds, across every supervisor."""
+
+    def __init__(self, delay: float, message: str = "") -> None:
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            raise InvalidOption(f"RateLimited delay must be seconds >= 0, got {delay!r}")
+        super().__init__(message or f"rate limited for {delay:g}s")
+        self.delay_s = float(delay)
+
+
+class WaitingChildren(RqsupError):
+    """Raised by a processor after ``job.add_children(...)`` (step jobs): the job
+    is neither completed nor failed; it moves to waiting-children and runs
+    again once its children have finished (at once if they already have)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or "waiting for children")
+
+
 class JobFailed(RqsupError):
     """A waited-for job ended failed; carries the remote error."""
 
@@ -144,4 +165,5 @@ def error_info(exc: BaseException, stack_limit: int = 30) -> dict[str, Any]:
         "message": str(exc) or type(exc).__qualname__,
         "stacktrace": tb[-8000:],
         "unrecoverable": isinstance(exc, UnrecoverableError),
+        "rate_limit_delay_s": exc.delay_s if isinstance(exc, RateLimited) else None,
     }

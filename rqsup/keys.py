@@ -29,6 +29,13 @@ QUEUE_SUFFIXES = (
     "idle",  # ZSET: workers blocked for work, "<lease_ms>|<worker id>" -> expiry (ms)
 )
 
+#: Scheduler keys: the scheduler scripts take them after the standard KEYS
+#: (the last two; QueueKeys.scheduler_keys() builds them).
+SCHEDULER_SUFFIXES = (
+    "schedulers",  # ZSET: scheduler id -> run time (ms) of its pending job (+inf when done)
+    "scheduler:",  # prefix of the scheduler hashes: "<base>:scheduler:<id>"
+)
+
 _FORBIDDEN_IN_NAMES = set("{}:\r\n\0 ")
 
 
@@ -62,6 +69,22 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
+def validate_dedup_id(dedup_id: str) -> str:
+    """A deduplication id is any short string without line breaks or NUL.
+
+    It only ever ends a key (``...:dedup:<id>``), so ':' and spaces are fine
+    ("user:7" is a natural id).
+    """
+    if not isinstance(dedup_id, str) or not dedup_id:
+        raise ValueError(f"dedup id must be a non-empty string, got {dedup_id!r}")
+    bad = sorted(set(dedup_id) & set("\r\n\0"))
+    if bad:
+        raise ValueError(f"dedup id {dedup_id!r} must not contain {''.join(bad)!r}")
+    if len(dedup_id) > 200:
+        raise ValueError(f"dedup id {dedup_id[:20]!r}... is longer than 200 characters")
+    return dedup_id
+
+
 @dataclass(frozen=True)
 class QueueKeys:
     """Key names of one queue. Build once per queue, reuse everywhere."""
@@ -90,6 +113,24 @@ class QueueKeys:
         """A worker's private wake-up key: it blocks on it beside the marker, so
         its own close can wake it (a marker wake may go to another worker)."""
         return f"{self.base}:wake:{worker_id}"
+
+    def dedup(self, dedup_id: str) -> str:
+        """A deduplication key (STRING: the id of the job that holds it). add.lua
+        builds the same name from the queue base (``dedup_key`` in common.lua)."""
+        return f"{self.base}:dedup:{dedup_id}"
+
+    def scheduler(self, scheduler_id: str) -> str:
+        """One scheduler's hash (its definition, pending run and counters)."""
+        return f"{self.base}:scheduler:{scheduler_id}"
+
+    @property
+    def schedulers(self) -> str:
+        """ZSET of scheduler ids by the run time of their pending job."""
+        return self.key(SCHEDULER_SUFFIXES[0])
+
+    def scheduler_keys(self) -> tuple[str, str]:
+        """The extra KEYS of the scheduler scripts: the zset, then the hash prefix."""
+        return (self.schedulers, self.key(SCHEDULER_SUFFIXES[1]))
 
     @property
     def job_prefix(self) -> str:

@@ -13,10 +13,13 @@ from typing import Any
 import redis.asyncio as aredis
 
 from rqsup.queue import codec
+from rqsup.queue import schedulers as sched
 from rqsup.queue.connection import async_client
-from rqsup.queue.core import QueueCore
+from rqsup.queue.core import Added, QueueCore
 from rqsup.queue.drivers import AsyncDriver
+from rqsup.queue.flows import FlowCore
 from rqsup.queue.record import JobRecord
+from rqsup.queue.schedule import Schedule
 from rqsup.queue.waiters import (
     CHECK_INTERVAL_S,
     AsyncEventReader,
@@ -63,16 +66,21 @@ class AsyncQueue:
 
     async def add(self, name: str, data: Any = None, **options: Any) -> AsyncJob:
         spec = self.core.spec(name, data, options)
-        [(job_id, _created, event_id)] = await self._driver.drive(self.core.op_add([spec]))
-        return self._job_after_add(job_id, spec.args, event_id)
+        [added] = await self._driver.drive(self.core.op_add_jobs([spec]))
+        return self._job_from_added(added, spec.args)
 
     async def add_bulk(self, jobs: Iterable[Any]) -> list[AsyncJob]:
         specs = self.core.specs_from_bulk(jobs)
-        added = await self._driver.drive(self.core.op_add(specs))
-        return [
-            self._job_after_add(job_id, s.args, ev)
-            for s, (job_id, _c, ev) in zip(specs, added, strict=True)
-        ]
+        added = await self._driver.drive(self.core.op_add_jobs(specs))
+        return [self._job_from_added(a, s.args) for s, a in zip(specs, added, strict=True)]
+
+    def _job_from_added(self, added: Added, args: tuple[Any, ...]) -> AsyncJob:
+        if added.fields is None:
+            job = self._job_after_add(added.id, args, added.event_id)
+        else:
+            job = AsyncJob(added.id, added.fields, self, added.event_id)
+        job.add_outcome = added.outcome
+        return job
 
     def _job_after_add(self, job_id: str, args: tuple[Any, ...], event_id: str) -> AsyncJob:
         raw = {"name": args[1], "data": args[2], "opts": args[3], "attempts": str(args[7])}
@@ -132,8 +140,42 @@ class AsyncQueue:
     async def counts(self) -> dict[str, int]:
         return await self._driver.drive(self.core.op_counts())
 
+    async def get_dedup_job_id(self, dedup_id: str) -> str | None:
+        return await self._driver.drive(self.core.op_get_dedup_job_id(dedup_id))
+
+    async def remove_dedup_key(self, dedup_id: str) -> bool:
+        return await self._driver.drive(self.core.op_remove_dedup_key(dedup_id))
+
     async def is_paused(self) -> bool:
         return await self._driver.drive(self.core.op_is_paused())
+
+    async def get_flow(self, job_id: str, depth: int = 10,
+                       max_children: int = 1000) -> dict[str, Any] | None:
+        op = FlowCore(self.core.prefix).op_get_flow(self.core.name, job_id, depth, max_children)
+        return await self._driver.drive(op)
+
+    # -- queue-wide limits (enforced in every claim, across supervisors) ------
+
+    async def set_rate_limit(self, max_jobs: int, duration: float) -> dict[str, Any]:
+        """At most ``max_jobs`` claims per ``duration`` seconds, queue-wide."""
+        return await self._driver.drive(self.core.op_limits(max_jobs=max_jobs, duration_s=duration))
+
+    async def remove_rate_limit(self) -> dict[str, Any]:
+        return await self._driver.drive(self.core.op_limits(clear_rate=True))
+
+    async def set_global_concurrency(self, limit: int | None) -> dict[str, Any]:
+        """At most ``limit`` active jobs across every worker (None: no cap)."""
+        op = (self.core.op_limits(clear_concurrency=True) if limit is None
+              else self.core.op_limits(concurrency=limit))
+        return await self._driver.drive(op)
+
+    async def rate_limit(self, delay: float) -> dict[str, Any]:
+        """Claim nothing for ``delay`` seconds (after an upstream 429, say); 0 lifts it."""
+        return await self._driver.drive(self.core.op_limits(manual_s=delay))
+
+    async def limits(self) -> dict[str, Any]:
+        """``{max, duration_s, concurrency, limited_for_s}`` (None: not set)."""
+        return await self._driver.drive(self.core.op_limits())
 
     async def pause(self) -> None:
         await self._driver.drive(self.core.op_pause(True))
@@ -159,6 +201,34 @@ class AsyncQueue:
     async def set_max_events(self, max_events: int) -> None:
         await self._driver.drive(self.core.op_set_max_events(max_events))
 
+    # -- schedulers (repeatable jobs) -------------------------------------------
+
+    async def upsert_scheduler(
+        self,
+        scheduler_id: str,
+        *,
+        cron: str | None = None,
+        every: Any = None,
+        tz: str | None = None,
+        start: Any = None,
+        end: Any = None,
+        limit: int | None = None,
+        template: Mapping[str, Any] | None = None,
+    ) -> sched.SchedulerInfo:
+        schedule = Schedule.build(cron=cron, every=every, tz=tz, start=start, end=end,
+                                  limit=limit)
+        op = sched.op_upsert(self.core, scheduler_id, schedule, template)
+        return await self._driver.drive(op)
+
+    async def get_scheduler(self, scheduler_id: str) -> sched.SchedulerInfo | None:
+        return await self._driver.drive(sched.op_get(self.core, scheduler_id))
+
+    async def list_schedulers(self, start: int = 0, end: int = -1) -> list[sched.SchedulerInfo]:
+        return await self._driver.drive(sched.op_list(self.core, start, end))
+
+    async def remove_scheduler(self, scheduler_id: str) -> bool:
+        return await self._driver.drive(sched.op_remove(self.core, scheduler_id))
+
 
 @dataclass(repr=False)
 class AsyncJob(JobRecord):
@@ -166,9 +236,21 @@ class AsyncJob(JobRecord):
 
     queue: AsyncQueue = field(default=None)  # type: ignore[assignment]
     added_event: str = ""
+    add_outcome: str = ""
 
     def __repr__(self) -> str:
         return f"AsyncJob(id={self.id!r}, name={self.name!r}, queue={self.queue.name!r})"
+
+    @property
+    def deduplicated(self) -> bool:
+        return self.add_outcome in ("deduplicated", "debounced")
+
+    async def remove_dedup_key(self) -> bool:
+        dedup_id = self.dedup_id
+        if dedup_id is None:
+            return False
+        return await self.queue._driver.drive(
+            self.queue.core.op_remove_dedup_key(dedup_id, self.id))
 
     async def refresh(self) -> AsyncJob:
         rec = await self.queue._driver.drive(self.queue.core.op_require_record(self.id))

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from rqsup.errors import EncodeError, InvalidOption, JobNotFound, raise_for_code
 from rqsup.keys import QUEUE_SUFFIXES, QueueKeys
@@ -24,6 +24,19 @@ FINISHED_STATES = ("completed", "failed")
 ADD_CHUNK = 500
 #: Jobs per admin script call (drain, promote, retry, obliterate).
 ADMIN_CHUNK = 1000
+#: What add.lua did with each job (its second reply value).
+ADD_OUTCOMES = {1: "created", 0: "duplicated", 2: "deduplicated", 3: "debounced"}
+
+
+class Added(NamedTuple):
+    """One job of an add: its id (for a deduplicated add, the kept job's),
+    ``outcome`` (an :data:`ADD_OUTCOMES` value), the ``added`` event id (only
+    when created) and, for deduplicated/debounced, the kept job's hash."""
+
+    id: str
+    outcome: str
+    event_id: str
+    fields: dict[str, str] | None
 
 
 class AddSpec:
@@ -47,8 +60,10 @@ class AddSpec:
         shared = cache.get(key) if cache is not None else None
         if shared is None:
             job_id, o = options_mod.build(opts, defaults)
+            dedup = o.dedup or {}
             shared = (job_id or "", codec.encode(o.to_json_dict(), "job options"),
-                      o.delay_ms, o.priority, 1 if o.lifo else 0, o.attempts)
+                      o.delay_ms, o.priority, 1 if o.lifo else 0, o.attempts,
+                      dedup.get("id", ""), dedup.get("mode", ""), dedup.get("ttl_ms", 0))
             if cache is not None and not job_id:
                 cache[key] = shared
         self.name = name
@@ -71,6 +86,8 @@ class QueueCore:
         defaults = dict(default_job_options or {})
         if "job_id" in defaults:
             raise InvalidOption("job_id cannot be a queue-wide default")
+        if "dedup" in defaults:
+            raise InvalidOption("dedup cannot be a queue-wide default (it names one job)")
         options_mod.build({}, defaults)  # validate now, not at the first add
         self.default_job_options = defaults
 
@@ -106,7 +123,12 @@ class QueueCore:
 
     def op_add(self, specs: list[AddSpec]) -> Op[list[tuple[str, bool, str]]]:
         """Add jobs; returns (id, created, added event id) per job."""
-        out: list[tuple[str, bool, str]] = []
+        added = yield from self.op_add_jobs(specs)
+        return [(a.id, a.outcome == "created", a.event_id) for a in added]
+
+    def op_add_jobs(self, specs: list[AddSpec]) -> Op[list[Added]]:
+        """Add jobs; returns what happened to each (:class:`Added`)."""
+        out: list[Added] = []
         chunks = [specs[i : i + ADD_CHUNK] for i in range(0, len(specs), ADD_CHUNK)]
         # Send up to 8 chunks per round trip: fewer waits, bounded pipeline size.
         for g in range(0, len(chunks), 8):
@@ -120,9 +142,21 @@ class QueueCore:
             if len(reqs) == 1:
                 replies = [replies]
             for reply in replies:
-                for job_id, created, event_id in reply:
-                    out.append((codec.text(job_id), bool(created), codec.text(event_id)))
+                for entry in reply:
+                    outcome = ADD_OUTCOMES[int(entry[1])]
+                    fields = fields_of(entry[3]) if len(entry) > 3 else None
+                    out.append(Added(codec.text(entry[0]), outcome, codec.text(entry[2]), fields))
         return out
+
+    # -- deduplication --------------------------------------------------------
+
+    def op_get_dedup_job_id(self, dedup_id: str) -> Op[str | None]:
+        raw = yield Command(("GET", self.keys.dedup(dedup_id)))
+        return None if raw is None else codec.text(raw)
+
+    def op_remove_dedup_key(self, dedup_id: str, job_id: str = "") -> Op[bool]:
+        n = yield self.script("remove_dedup", dedup_id, job_id)
+        return bool(n)
 
     # -- reading --------------------------------------------------------------
 
@@ -181,6 +215,42 @@ class QueueCore:
         return bool(raw)
 
     # -- queue-wide admin -----------------------------------------------------
+
+    def op_limits(
+        self, *, max_jobs: int | None = None, duration_s: float | None = None,
+        concurrency: int | None = None, manual_s: float | None = None,
+        clear_rate: bool = False, clear_concurrency: bool = False,
+    ) -> Op[dict[str, Any]]:
+        """Read or change the queue-wide limits (limits.lua); 0 never means
+        "unlimited" here: clearing is explicit."""
+        rate: list[Any] = ["", ""]
+        if clear_rate:
+            rate = ["0", ""]
+        elif max_jobs is not None:
+            if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
+                raise InvalidOption(f"rate limit max must be an int >= 1, got {max_jobs!r}")
+            window = options_mod.seconds_to_ms("rate limit duration", duration_s)
+            if not window:
+                raise InvalidOption(
+                    f"rate limit duration must be > 0 seconds, got {duration_s!r}")
+            rate = [max_jobs, window]
+        cap: Any = ""
+        if clear_concurrency:
+            cap = "0"
+        elif concurrency is not None:
+            if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+                raise InvalidOption(f"global concurrency must be an int >= 1, got {concurrency!r}")
+            cap = concurrency
+        manual: Any = ""
+        if manual_s is not None:
+            manual = options_mod.seconds_to_ms("rate_limit delay", manual_s)
+        lmax, window_ms, conc, wait_ms = yield self.script("limits", *rate, cap, manual)
+        return {
+            "max": None if int(lmax) < 0 else int(lmax),
+            "duration_s": None if int(window_ms) < 0 else int(window_ms) / 1000,
+            "concurrency": None if int(conc) < 0 else int(conc),
+            "limited_for_s": max(0, int(wait_ms)) / 1000,
+        }
 
     def op_pause(self, paused: bool) -> Op[None]:
         yield self.script("pause", 1 if paused else 0)

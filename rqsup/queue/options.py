@@ -14,7 +14,7 @@ from typing import Any
 
 from rqsup import backoff as backoff_mod
 from rqsup.errors import InvalidOption
-from rqsup.keys import validate_job_id
+from rqsup.keys import validate_dedup_id, validate_job_id
 
 MAX_PRIORITY = 2**21
 DAY_MS = 86_400_000
@@ -28,9 +28,12 @@ DEFAULT_KEEP_LOGS = 100
 OPTION_NAMES = frozenset(
     {
         "job_id", "delay", "priority", "lifo", "attempts", "backoff", "timeout",
-        "remove_on_complete", "remove_on_fail", "keep_logs",
+        "remove_on_complete", "remove_on_fail", "keep_logs", "dedup",
     }
 )
+
+#: Deduplication modes (docs/decisions.md, "Deduplication").
+DEDUP_MODES = ("until_done", "ttl", "debounce")
 
 
 def seconds_to_ms(name: str, value: Any, *, allow_none: bool = False) -> int | None:
@@ -75,6 +78,48 @@ def retention(name: str, value: Any, default: Mapping[str, int]) -> dict[str, in
     raise InvalidOption(f"{name} must be True, False, a count or {{age, count}}, got {value!r}")
 
 
+def dedup_option(value: Any, delay_ms: int) -> dict[str, Any] | None:
+    """Normalise ``dedup`` to ``{"id", "mode"[, "ttl_ms"]}``.
+
+    ``"user-7"`` or ``{"id": "user-7"}``: mode until_done (no second job while
+    the first is unfinished). ``{"id", "ttl": s}``: mode ttl (at most one job
+    per window). ``{"id", "mode": "debounce"}`` with ``delay > 0``: a newer add
+    replaces the pending delayed job and moves its due time.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"id": value}
+    if not isinstance(value, Mapping):
+        raise InvalidOption(f"dedup must be an id (str) or {{id, ttl, mode}}, got {value!r}")
+    unknown = set(value) - {"id", "ttl", "mode"}
+    if unknown:
+        raise InvalidOption(f"dedup has unknown keys {sorted(unknown)} (use id, ttl, mode)")
+    if "id" not in value:
+        raise InvalidOption(f"dedup needs an id, got {dict(value)!r}")
+    try:
+        dedup_id = validate_dedup_id(value["id"])
+    except ValueError as exc:
+        raise InvalidOption(str(exc)) from None
+    ttl_ms = seconds_to_ms("dedup ttl", value.get("ttl"), allow_none=True)
+    mode = value.get("mode", "ttl" if ttl_ms is not None else "until_done")
+    if mode not in DEDUP_MODES:
+        raise InvalidOption(f"dedup mode must be one of {list(DEDUP_MODES)}, got {mode!r}")
+    if mode == "ttl":
+        if not ttl_ms:
+            raise InvalidOption("dedup mode 'ttl' needs a ttl > 0 seconds (the throttle window)")
+        return {"id": dedup_id, "mode": mode, "ttl_ms": ttl_ms}
+    if ttl_ms is not None:
+        hint = " (a debounce window is the job's delay)" if mode == "debounce" else ""
+        raise InvalidOption(f"dedup ttl applies only to mode 'ttl', not {mode!r}{hint}")
+    if mode == "debounce" and delay_ms <= 0:
+        raise InvalidOption(
+            "dedup mode 'debounce' needs delay > 0: the job waits that long after the "
+            "last add before it runs"
+        )
+    return {"id": dedup_id, "mode": mode}
+
+
 @dataclass(frozen=True)
 class JobOptions:
     """Normalised options of one job, as stored (JSON) in its hash."""
@@ -88,6 +133,7 @@ class JobOptions:
     keep_completed: dict[str, int] | None = None
     keep_failed: dict[str, int] | None = None
     keep_logs: int = DEFAULT_KEEP_LOGS
+    dedup: dict[str, Any] | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """Only what differs from the defaults: job hashes stay small."""
@@ -149,8 +195,9 @@ def build(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[str 
     timeout_ms = seconds_to_ms("timeout", merged.get("timeout"), allow_none=True)
     if timeout_ms == 0:
         raise InvalidOption("timeout must be > 0 seconds (omit it for no timeout)")
+    delay_ms = seconds_to_ms("delay", merged.get("delay", 0)) or 0
     opts = JobOptions(
-        delay_ms=seconds_to_ms("delay", merged.get("delay", 0)) or 0,
+        delay_ms=delay_ms,
         priority=priority,
         lifo=lifo,
         attempts=attempts,
@@ -161,5 +208,6 @@ def build(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[str 
         ),
         keep_failed=retention("remove_on_fail", merged.get("remove_on_fail"), DEFAULT_KEEP_FAILED),
         keep_logs=keep_logs,
+        dedup=dedup_option(merged.get("dedup"), delay_ms),
     )
     return job_id, opts

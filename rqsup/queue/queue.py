@@ -11,10 +11,13 @@ from typing import Any
 import redis
 
 from rqsup.queue import codec
+from rqsup.queue import schedulers as sched
 from rqsup.queue.connection import sync_client
-from rqsup.queue.core import QueueCore
+from rqsup.queue.core import Added, QueueCore
 from rqsup.queue.drivers import SyncDriver
+from rqsup.queue.flows import FlowCore
 from rqsup.queue.record import JobRecord
+from rqsup.queue.schedule import Schedule
 from rqsup.queue.waiters import (
     CHECK_INTERVAL_S,
     Outcome,
@@ -68,19 +71,26 @@ class Queue:
 
     def add(self, name: str, data: Any = None, **options: Any) -> Job:
         """Add one job. Options: job_id, delay, priority, lifo, attempts, backoff,
-        timeout, remove_on_complete, remove_on_fail, keep_logs (see docs/jobs.md)."""
+        timeout, remove_on_complete, remove_on_fail, keep_logs, dedup (see
+        docs/decisions.md). A deduplicated add returns the kept job
+        (``job.deduplicated``)."""
         spec = self.core.spec(name, data, options)
-        [(job_id, _created, event_id)] = self._driver.drive(self.core.op_add([spec]))
-        return self._job_after_add(job_id, spec.args, event_id)
+        [added] = self._driver.drive(self.core.op_add_jobs([spec]))
+        return self._job_from_added(added, spec.args)
 
     def add_bulk(self, jobs: Iterable[Any]) -> list[Job]:
         """Add many jobs in few round trips: ``[{"name", "data", "opts"}]`` or tuples."""
         specs = self.core.specs_from_bulk(jobs)
-        added = self._driver.drive(self.core.op_add(specs))
-        return [
-            self._job_after_add(job_id, s.args, ev)
-            for s, (job_id, _c, ev) in zip(specs, added, strict=True)
-        ]
+        added = self._driver.drive(self.core.op_add_jobs(specs))
+        return [self._job_from_added(a, s.args) for s, a in zip(specs, added, strict=True)]
+
+    def _job_from_added(self, added: Added, args: tuple[Any, ...]) -> Job:
+        if added.fields is None:
+            job = self._job_after_add(added.id, args, added.event_id)
+        else:
+            job = Job(added.id, added.fields, self, added.event_id)
+        job.add_outcome = added.outcome
+        return job
 
     def _job_after_add(self, job_id: str, args: tuple[Any, ...], event_id: str) -> Job:
         raw = {"name": args[1], "data": args[2], "opts": args[3], "attempts": str(args[7])}
@@ -147,10 +157,48 @@ class Queue:
     def counts(self) -> dict[str, int]:
         return self._driver.drive(self.core.op_counts())
 
+    def get_dedup_job_id(self, dedup_id: str) -> str | None:
+        """The id of the job holding this deduplication id, or None."""
+        return self._driver.drive(self.core.op_get_dedup_job_id(dedup_id))
+
+    def remove_dedup_key(self, dedup_id: str) -> bool:
+        """Forget a deduplication id now (the next add with it creates a job);
+        the job that held it is left alone. False when there was no key."""
+        return self._driver.drive(self.core.op_remove_dedup_key(dedup_id))
+
     def is_paused(self) -> bool:
         return self._driver.drive(self.core.op_is_paused())
 
+    def get_flow(self, job_id: str, depth: int = 10,
+                 max_children: int = 1000) -> dict[str, Any] | None:
+        """A flow job and its children with their states (nested dicts), or None."""
+        op = FlowCore(self.core.prefix).op_get_flow(self.core.name, job_id, depth, max_children)
+        return self._driver.drive(op)
+
     # -- administration -------------------------------------------------------
+
+    # -- queue-wide limits (enforced in every claim, across supervisors) ------
+
+    def set_rate_limit(self, max_jobs: int, duration: float) -> dict[str, Any]:
+        """At most ``max_jobs`` claims per ``duration`` seconds, queue-wide."""
+        return self._driver.drive(self.core.op_limits(max_jobs=max_jobs, duration_s=duration))
+
+    def remove_rate_limit(self) -> dict[str, Any]:
+        return self._driver.drive(self.core.op_limits(clear_rate=True))
+
+    def set_global_concurrency(self, limit: int | None) -> dict[str, Any]:
+        """At most ``limit`` active jobs across every worker (None: no cap)."""
+        op = (self.core.op_limits(clear_concurrency=True) if limit is None
+              else self.core.op_limits(concurrency=limit))
+        return self._driver.drive(op)
+
+    def rate_limit(self, delay: float) -> dict[str, Any]:
+        """Claim nothing for ``delay`` seconds (after an upstream 429, say); 0 lifts it."""
+        return self._driver.drive(self.core.op_limits(manual_s=delay))
+
+    def limits(self) -> dict[str, Any]:
+        """``{max, duration_s, concurrency, limited_for_s}`` (None: not set)."""
+        return self._driver.drive(self.core.op_limits())
 
     def pause(self) -> None:
         """Stop every worker of this queue from claiming; adds still land."""
@@ -181,6 +229,46 @@ class Queue:
         """Cap the event stream at about this many entries (default 10,000)."""
         self._driver.drive(self.core.op_set_max_events(max_events))
 
+    # -- schedulers (repeatable jobs) -------------------------------------------
+
+    def upsert_scheduler(
+        self,
+        scheduler_id: str,
+        *,
+        cron: str | None = None,
+        every: Any = None,
+        tz: str | None = None,
+        start: Any = None,
+        end: Any = None,
+        limit: int | None = None,
+        template: Mapping[str, Any] | None = None,
+    ) -> sched.SchedulerInfo:
+        """Create or redefine the scheduler ``scheduler_id`` (repeatable jobs).
+
+        Exactly one of ``cron`` ("*/15 * * * *", or 6 fields with seconds
+        first) or ``every`` (seconds, a timedelta or "15m"). ``tz``: IANA zone
+        of the cron expression (UTC by default). ``start``/``end``: datetimes
+        (naive ones in ``tz``) or epoch ms. ``limit``: runs in all.
+        ``template``: ``{"name", "data", "options"}`` of each run's job (name
+        defaults to the id; options as for ``add``, without job_id/delay).
+        An unchanged definition changes nothing; a new one replaces the
+        pending run. Runs are advanced by a supervisor (docs/decisions.md).
+        """
+        schedule = Schedule.build(cron=cron, every=every, tz=tz, start=start, end=end,
+                                  limit=limit)
+        return self._driver.drive(sched.op_upsert(self.core, scheduler_id, schedule, template))
+
+    def get_scheduler(self, scheduler_id: str) -> sched.SchedulerInfo | None:
+        return self._driver.drive(sched.op_get(self.core, scheduler_id))
+
+    def list_schedulers(self, start: int = 0, end: int = -1) -> list[sched.SchedulerInfo]:
+        """Schedulers by next run time (done ones last)."""
+        return self._driver.drive(sched.op_list(self.core, start, end))
+
+    def remove_scheduler(self, scheduler_id: str) -> bool:
+        """Delete a scheduler and its pending run; False if there was none."""
+        return self._driver.drive(sched.op_remove(self.core, scheduler_id))
+
 
 @dataclass(repr=False)
 class Job(JobRecord):
@@ -188,9 +276,25 @@ class Job(JobRecord):
 
     queue: Queue = field(default=None)  # type: ignore[assignment]
     added_event: str = ""
+    #: For a job returned by add: created, duplicated (its custom id existed),
+    #: deduplicated or debounced (the kept job of its dedup id); else "".
+    add_outcome: str = ""
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, name={self.name!r}, queue={self.queue.name!r})"
+
+    @property
+    def deduplicated(self) -> bool:
+        """This add created nothing: the job is the one holding its dedup id
+        (debounced: it now has this add's data and due time)."""
+        return self.add_outcome in ("deduplicated", "debounced")
+
+    def remove_dedup_key(self) -> bool:
+        """Release this job's deduplication id, if the job still holds it."""
+        dedup_id = self.dedup_id
+        if dedup_id is None:
+            return False
+        return self.queue._driver.drive(self.queue.core.op_remove_dedup_key(dedup_id, self.id))
 
     def refresh(self) -> Job:
         rec = self.queue._driver.drive(self.queue.core.op_require_record(self.id))

@@ -46,16 +46,35 @@ class ChildSpec:
 class ChildJob:
     """What a processor gets in a child: the job, plus progress and logs."""
 
-    __slots__ = ("_conn", "attempts_made", "data", "id", "name")
+    __slots__ = ("_conn", "_flow", "attempts_made", "data", "id", "name")
 
     def __init__(
-        self, conn: Connection, job_id: str, name: str, data: Any, attempts_made: int
+        self, conn: Connection, job_id: str, name: str, data: Any, attempts_made: int,
+        flow: str | None = None,
     ) -> None:
         self._conn = conn
         self.id = job_id
         self.name = name
         self.data = data
         self.attempts_made = attempts_made
+        #: A parent's children values and ignored failures (JSON text), or None.
+        self._flow = flow
+
+    def children_values(self) -> dict[str, Any]:
+        """Return values of the children that completed, by "<queue>:<id>"."""
+        return dict(orjson.loads(self._flow)["values"]) if self._flow else {}
+
+    def ignored_failures(self) -> dict[str, str]:
+        """Failed reasons of children with failure_policy "ignore", by "<queue>:<id>"."""
+        return dict(orjson.loads(self._flow)["ignored"]) if self._flow else {}
+
+    def add_children(self, children: Any) -> None:
+        """Add child jobs to this job (step jobs), then ``raise WaitingChildren()``
+        (``rqsup.WaitingChildren``, matched by name). The supervisor validates
+        them; invalid children fail this attempt when it ends."""
+        if not isinstance(children, list | tuple) or not children:
+            raise ValueError(f"add_children needs a non-empty list of jobs, got {children!r:.60}")
+        _send(self._conn, ("children", orjson.dumps(list(children)).decode()))
 
     def update_progress(self, value: Any) -> None:
         _send(self._conn, ("progress", orjson.dumps(value).decode()))
@@ -156,6 +175,8 @@ def error_dict(exc: BaseException) -> dict[str, Any]:
         "stacktrace": "".join(traceback.format_exception(exc))[-8000:],
         "unrecoverable": bool(getattr(exc, "unrecoverable", False))
         or type(exc).__name__ == "UnrecoverableError",
+        "rate_limit_delay_s": getattr(exc, "delay_s", None)
+        if type(exc).__name__ == "RateLimited" else None,
     }
 
 
@@ -179,11 +200,12 @@ def child_main(spec: ChildSpec, conn: Connection, out: Connection, alive: Connec
             os._exit(0)
         if msg[0] != "job":
             os._exit(0)  # "stop", or anything we do not know
-        _, job_id, name, data_text, attempts_made = msg
+        _, job_id, name, data_text, attempts_made, *rest = msg
         _title(f"{label} busy job {job_id}")
         started = time.monotonic()
         try:
-            job = ChildJob(conn, job_id, name, orjson.loads(data_text or "null"), attempts_made)
+            job = ChildJob(conn, job_id, name, orjson.loads(data_text or "null"), attempts_made,
+                           rest[0] if rest else None)
             result = fn(job)
             try:
                 encoded = orjson.dumps(result).decode()

@@ -14,6 +14,9 @@ from rqsup.queue.record import JobRecord
 
 #: ("progress", json) or ("log", line): sent to the worker, which writes them fenced.
 Sink = Callable[[str, str], None]
+#: What a parent knows of its finished children when it starts (flows): return
+#: values (JSON text) and ignored failures (reasons), by "<queue>:<id>".
+FlowInfo = tuple[dict[str, str], dict[str, str]]
 
 
 class ActiveJob:
@@ -23,10 +26,11 @@ class ActiveJob:
     them in order, fenced by the job's lease, before the job's result.
     """
 
-    __slots__ = ("_progress", "_sink", "attempts", "attempts_made", "data", "id", "name",
-                 "options", "timestamp_ms")
+    __slots__ = ("_flow", "_progress", "_sink", "_spawn", "attempts", "attempts_made", "data",
+                 "id", "name", "options", "timestamp_ms")
 
-    def __init__(self, record: JobRecord, sink: Sink) -> None:
+    def __init__(self, record: JobRecord, sink: Sink, flow: FlowInfo | None = None,
+                 spawn: Callable[[Any], None] | None = None) -> None:
         self.id = record.id
         self.name = record.name
         self.data = record.data
@@ -36,6 +40,8 @@ class ActiveJob:
         self.options = record.options
         self._progress = record.progress
         self._sink = sink
+        self._flow = flow
+        self._spawn = spawn
 
     def __repr__(self) -> str:
         return f"ActiveJob(id={self.id!r}, name={self.name!r})"
@@ -54,6 +60,29 @@ class ActiveJob:
         """Append a line to the job's log (kept up to the job's keep_logs)."""
         self._sink("log", str(line))
 
+    # -- flows ------------------------------------------------------------------
+
+    def children_values(self) -> dict[str, Any]:
+        """Return values of the children that completed, by "<queue>:<id>"
+        (as of when this attempt started)."""
+        if not self._flow:
+            return {}
+        return {ref: codec.decode(v) for ref, v in self._flow[0].items()}
+
+    def ignored_failures(self) -> dict[str, str]:
+        """Failed reasons of children with failure_policy "ignore", by "<queue>:<id>"."""
+        return dict(self._flow[1]) if self._flow else {}
+
+    def add_children(self, children: Any) -> None:
+        """Add child jobs to this job (step jobs): a list of flow nodes
+        ``{"name", "queue", "data", "opts", "children"}`` (queue defaults to
+        this job's). Validated now (InvalidOption, EncodeError); written in
+        order with the job's other writes, fenced by its lease. Then ``raise
+        WaitingChildren()``: the job runs again when they have finished."""
+        if self._spawn is None:
+            raise RuntimeError("add_children is not available for this job")
+        self._spawn(children)
+
 
 @dataclass(eq=False)
 class Running:
@@ -70,6 +99,10 @@ class Running:
     task: asyncio.Task[None] | None = None
     #: Process mode: handed to a child (a prefetched job waits until then).
     dispatched: bool = False
+    #: Process mode: the child's add_children was invalid; the attempt fails.
+    children_error: str | None = None
+    #: add_children calls so far (a resend of one is recognised by its number).
+    children_calls: int = 0
 
     @property
     def id(self) -> str:

@@ -24,7 +24,7 @@ from rqsup.queue.connection import CONNECTION_ERRORS, async_client
 from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import AsyncDriver
 from rqsup.sdnotify import Notifier
-from rqsup.supervisor import maintenance
+from rqsup.supervisor import maintenance, schedules
 from rqsup.supervisor.health import Identity, LagMonitor, setup_logging
 from rqsup.supervisor.pool import SandboxSettings, forkserver_context
 from rqsup.supervisor.worker import Worker
@@ -71,6 +71,7 @@ class Supervisor:
         self.private: Any = None
         self.client: aredis.Redis | None = None
         self.ctx: Any = None
+        self.scheduler_loop: schedules.SchedulerLoop | None = None
 
     # -- signals: record an intent, nothing more ----------------------------------
 
@@ -130,7 +131,20 @@ class Supervisor:
             own_renewer=False,
         )
 
+    async def _apply_limits(self, q: QueueConfig) -> None:
+        """Queue-wide limits from the config (a queue without them in the config
+        keeps whatever was set through the API)."""
+        if q.rate_limit_max is None and q.global_concurrency is None:
+            return
+        assert self.client is not None
+        core = QueueCore(q.name, self.config.redis.prefix)
+        limits = await AsyncDriver(self.client).drive(core.op_limits(
+            max_jobs=q.rate_limit_max, duration_s=q.rate_limit_duration_s,
+            concurrency=q.global_concurrency))
+        log.info("queue %s: queue-wide limits %s", q.name, limits)
+
     async def _start_queue(self, q: QueueConfig) -> None:
+        await self._apply_limits(q)
         try:
             w = self._make_worker(q)
         except InvalidOption as exc:
@@ -172,6 +186,7 @@ class Supervisor:
             self.identity = Identity(self.client, cfg.redis.prefix, name, ttl)
             await self.identity.claim(wait_s=2 * ttl + 1)
             await self._recover()
+            self.scheduler_loop = await schedules.start(self.client, cfg)
             preload = sorted({q.processor.partition(":")[0] for q in cfg.queues
                               if q.mode == "process"})
             self.ctx = forkserver_context(preload)
@@ -181,7 +196,8 @@ class Supervisor:
             await self._cleanup()
             return 1
         timers = [asyncio.create_task(c) for c in (
-            self.lag.run(), self._renewer(), self._status_loop(), self._watchdog_loop())]
+            self.lag.run(), self._renewer(), self._status_loop(), self._watchdog_loop(),
+            self.scheduler_loop.run())]
         self.notifier.ready(self._status_text())
         log.info("supervisor %s ready: %d queue(s) %s", name, len(self.workers),
                  ", ".join(f"{w.queue_name} ({w.mode} x{w.concurrency})"
@@ -236,10 +252,13 @@ class Supervisor:
             return
         if new.redis != self.config.redis or new.supervisor != self.config.supervisor:
             log.warning("reload: [redis] and [supervisor] changes need a restart; "
-                        "applying the [[queues]] changes only")
+                        "applying the [[queues]] and [[schedulers]] changes only")
         old = {q.name: q for q in self.config.queues}
         self.config = Config(path=self.config.path, redis=self.config.redis,
-                             supervisor=self.config.supervisor, queues=new.queues)
+                             supervisor=self.config.supervisor, queues=new.queues,
+                             schedulers=new.schedulers)
+        if self.scheduler_loop is not None and self.client is not None:
+            await schedules.reload(self.scheduler_loop, self.client, self.config)
         self.generation += 1
         for q in new.queues:
             w = self.workers.get(q.name)

@@ -128,7 +128,7 @@ class Child:
 
     async def run(
         self, job_id: str, name: str, data_text: str, attempts_made: int,
-        sink: Callable[[str, str], None],
+        sink: Callable[[str, str], None], flow: str | None = None,
     ) -> str:
         assert self.conn is not None
         self._reply = asyncio.get_running_loop().create_future()
@@ -137,7 +137,7 @@ class Child:
         self._kill_reason = None
         try:
             # Connection's framing, in one write (conn.send costs twice as much).
-            payload = pickle.dumps(("job", job_id, name, data_text, attempts_made), 5)
+            payload = pickle.dumps(("job", job_id, name, data_text, attempts_made, flow), 5)
             if len(payload) < 1 << 16:
                 _write_all(self.conn.fileno(), _HEADER.pack(len(payload)) + payload)
             else:
@@ -194,7 +194,7 @@ class Child:
             msg = pickle.loads(buf[start:start + n])
             pos = start + n
             kind = msg[0]
-            if kind == "progress" or kind == "log":
+            if kind == "progress" or kind == "log" or kind == "children":
                 if self._sink is not None:
                     self._sink(kind, msg[1])
             elif self._reply is not None and not self._reply.done():

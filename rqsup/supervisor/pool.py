@@ -156,6 +156,7 @@ class ChildPool:
     async def run(
         self, job_id: str, name: str, data_text: str, attempts_made: int,
         sink: Callable[[str, str], None], on_dispatch: Callable[[], None] | None = None,
+        flow: str | None = None,
     ) -> str:
         """Run one job in a child; its result as JSON text. Raises ChildJobError
         (the processor raised), ChildCrashed (the child died); a cancel (timeout,
@@ -176,7 +177,7 @@ class ChildPool:
             on_dispatch()
         began = time.monotonic()
         try:
-            result = await child.run(job_id, name, data_text, attempts_made, sink)
+            result = await child.run(job_id, name, data_text, attempts_made, sink, flow)
             self._timed(began)
         except asyncio.CancelledError:
             self._retire(child, f"job {job_id} cancelled", kill=True)

@@ -28,6 +28,13 @@ LINGER_S = 0.002
 LINGER_BATCH = 64
 
 _FAIL_OUTCOMES = {1: "retrying now", 2: "retrying later", 3: "failed", 0: "already recorded"}
+#: What an end of an attempt other than complete/fail did, by script and code.
+_END_OUTCOMES = {
+    "rate_limited": {0: "rate limited: back in wait"},
+    "move_to_waiting_children": {1: "waiting for its children", 0: "already recorded",
+                                 2: "its children are done: back in wait",
+                                 3: "failed (a child failed, or it has no children)"},
+}
 
 
 class Pump:
@@ -37,6 +44,8 @@ class Pump:
         self.writes: list[tuple[str, str, Script]] = []
         self.completes: list[tuple[str, str, list[Any]]] = []
         self.fails: list[tuple[str, str, list[Any]]] = []
+        #: Other ends of an attempt, one script each (a processor's RateLimited).
+        self.ends: list[tuple[str, str, Script]] = []
         self.wake = asyncio.Event()
         self.wake.set()  # claim at start
         #: The queue may have ready work (false once a claim came back short).
@@ -71,8 +80,12 @@ class Pump:
         self.idle.clear()
         self.wake.set()
 
+    def end(self, job_id: str, token: str, script: Script) -> None:
+        self.ends.append((job_id, token, script))
+        self.wake.set()
+
     def pending(self) -> bool:
-        return bool(self.writes or self.completes or self.fails)
+        return bool(self.writes or self.completes or self.fails or self.ends)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -101,7 +114,8 @@ class Pump:
         the children have queued work to run meanwhile (process mode, under
         load). An idle worker never lingers: request/response latency stays."""
         w = self.w
-        if w.pool is None or self.stopping or self.check_orphans or self.fails or self.writes:
+        if (w.pool is None or self.stopping or self.check_orphans or self.fails or self.writes
+                or self.ends):
             return False
         n = len(self.completes)
         return 0 < n < LINGER_BATCH and w.undispatched() >= max(w.concurrency, w.capacity // 2)
@@ -134,8 +148,10 @@ class Pump:
         writes, self.writes = self.writes, []
         completes, self.completes = self.completes, []
         fails, self.fails = self.fails, []
+        ends, self.ends = self.ends, []
         claim_n = self._claim_count()
         reqs: list[Script] = [s for _id, _tok, s in writes]
+        reqs += [s for _id, _tok, s in ends]
         if fails:
             fail_args: list[Any] = [len(fails)]
             for _id, _tok, args in fails:
@@ -158,9 +174,10 @@ class Pump:
             self.writes[:0] = writes
             self.completes[:0] = completes
             self.fails[:0] = fails
+            self.ends[:0] = ends
             if claim_n > 0:
                 self.check_orphans = True
-            self.resent.update(tok for _id, tok, _a in (*completes, *fails))
+            self.resent.update(tok for _id, tok, _a in (*completes, *fails, *ends))
             raise
         if len(reqs) == 1:
             replies = [replies]
@@ -168,6 +185,10 @@ class Pump:
             if int(code) < 0:
                 w.on_lease_lost(job_id, token, "while writing progress or logs")
         i = len(writes)
+        for (job_id, token, s), code in zip(ends, replies[i:], strict=False):
+            code = self._resent_ok(token, int(code))
+            w.on_acked(job_id, token, code, _END_OUTCOMES.get(s.name, {}).get(code))
+        i += len(ends)
         if fails:
             for (job_id, token, _a), code in zip(fails, replies[i], strict=True):
                 code = self._resent_ok(token, int(code))

@@ -25,7 +25,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from rqsup import backoff
-from rqsup.errors import Code, EncodeError, InvalidOption, MalformedJob, error_info
+from rqsup.errors import Code, EncodeError, InvalidOption, MalformedJob, WaitingChildren, error_info
 from rqsup.queue import codec
 from rqsup.queue.connection import CONNECTION_ERRORS, async_client
 from rqsup.queue.core import QueueCore
@@ -33,7 +33,7 @@ from rqsup.queue.drivers import AsyncDriver
 from rqsup.queue.options import JobOptions
 from rqsup.queue.options import build as build_options
 from rqsup.queue.record import JobRecord, fields_of
-from rqsup.supervisor import maintenance
+from rqsup.supervisor import flowjobs, maintenance
 from rqsup.supervisor.active import ActiveJob, Running
 from rqsup.supervisor.child import ChildJobError
 from rqsup.supervisor.pool import ChildPool, NotDispatched, SandboxSettings
@@ -369,6 +369,9 @@ class Worker:
         def sink(kind: str, payload: str) -> None:
             if r.lost or r.finished:
                 return
+            if kind == "children":  # process mode: the child's job.add_children
+                flowjobs.on_children_message(self, r, payload)
+                return
             if kind == "progress":
                 script = self.core.script("progress", r.id, r.token, payload)
             else:
@@ -386,23 +389,25 @@ class Worker:
 
     async def _execute(self, r: Running) -> None:
         sink = self._sink(r)
-        # Process mode hands the child the raw JSON: no ActiveJob to build here.
-        job = ActiveJob(r.record, sink) if self.pool is None else None
         timeout_s = r.options.timeout_ms / 1000 if r.options.timeout_ms else None
         try:
             async with asyncio.timeout(timeout_s) as cm:
+                # A parent (flows) gets what its children left before it starts.
+                flow = await flowjobs.fetch(self, r) if flowjobs.is_parent(r) else None
                 if self.pool is not None:
+                    # Process mode hands the child the raw JSON: no ActiveJob here.
                     result = RawJSON(await self.pool.run(
                         r.id, r.record.name, r.record.raw.get("data") or "null",
                         r.record.attempts_made, sink, lambda: self._dispatched(r),
+                        flow=flowjobs.to_json(flow) if flow is not None else None,
                     ))
-                elif self._threads is not None:
-                    assert job is not None
-                    fut = self._threads.submit(self.processor, job)  # type: ignore[arg-type]
-                    result = await asyncio.shield(fut)
                 else:
-                    assert job is not None
-                    result = await self.processor(job)  # type: ignore[operator]
+                    job = ActiveJob(r.record, sink, flow, flowjobs.spawner(self, r))
+                    if self._threads is not None:
+                        fut = self._threads.submit(self.processor, job)  # type: ignore[arg-type]
+                        result = await asyncio.shield(fut)
+                    else:
+                        result = await self.processor(job)  # type: ignore[operator]
         except asyncio.CancelledError:
             if r.lost:
                 return  # lease lost or shutdown: the outcome is not ours to write
@@ -414,9 +419,14 @@ class Worker:
                 err = JobTimedOut(f"job timed out after {timeout_s:g}s (timeout option)")
             self._fail(r, error_info(err))
         except ChildJobError as exc:  # the processor raised, in its child
-            self._fail(r, exc.info)
+            if exc.info.get("type") == "WaitingChildren":  # matched by name there
+                flowjobs.wait_children(self, r)
+            else:
+                self._fail(r, exc.info)
         except NotDispatched:
             r.lost = True  # never started: given back with the rest at close
+        except WaitingChildren:  # step jobs: not a failure, not a completion
+            flowjobs.wait_children(self, r)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -426,6 +436,9 @@ class Worker:
 
     def _complete(self, r: Running, result: Any) -> None:
         if r.lost:
+            return
+        if r.children_error:
+            self._fail(r, flowjobs.children_error_info(r))
             return
         try:
             if isinstance(result, RawJSON):
@@ -443,6 +456,11 @@ class Worker:
 
     def _fail(self, r: Running, info: dict[str, Any]) -> None:
         if r.lost:
+            return
+        if info.get("rate_limit_delay_s") is not None:  # RateLimited: not a failure
+            r.finished = True
+            delay_ms = round(float(info["rate_limit_delay_s"]) * 1000)
+            self.pump.end(r.id, r.token, self.core.script("rate_limited", r.id, r.token, delay_ms))
             return
         made = r.record.attempts_made + 1
         message = info["message"]

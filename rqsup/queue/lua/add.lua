@@ -1,38 +1,89 @@
 --[[ add: create jobs (one or a batch) in wait, prioritized or delayed.
 KEYS: the standard queue keys (common.lua); uses id, meta, wait, prioritized,
-      pc, delayed, marker, events, job prefix.
-ARGV: [1] number of jobs N, then 8 values per job:
+      pc, delayed, marker, events, idle, job prefix; and dedup:<dedup id>
+      (built from the queue base, see dedup_key).
+ARGV: [1] number of jobs N, then 11 values per job:
       custom id ('' = next auto id), name, data (JSON), opts (JSON),
-      delay_ms, priority, lifo (0/1), attempts
-Returns: per job {id, created (1, or 0 when the id existed), event id or ''}
+      delay_ms, priority, lifo (0/1), attempts,
+      dedup id ('' = none), dedup mode (until_done | ttl | debounce),
+      dedup ttl_ms (mode ttl; '' or 0 otherwise)
+Returns: per job {id, outcome, event id or ''[, job hash as a flat list]}:
+  outcome 1 created; 0 duplicated (the custom id existed); 2 deduplicated (id
+  = the job holding the dedup key, nothing written); 3 debounced (id = the
+  kept delayed job, which now has this add's name, data, options and due
+  time). Outcomes 2 and 3 also return the kept job's hash.
+Dedup, per job after the custom-id check: the key dedup:<dedup id> names the
+  job that holds it. A debounce add whose kept job is still delayed and never
+  started replaces it. Otherwise the add is deduplicated while the key has a
+  TTL (a throttle window, whatever the kept job's state), or, for modes
+  until_done and ttl, while the kept job exists and has not finished. Else a
+  new job is created and takes the key (with PX ttl_ms in mode ttl). The key
+  is released by release_dedup (common.lua) when the job ends or is deleted.
 A ready job added while nothing else is ready goes straight to a registered
 idle worker when there is one (hand-off, includes/claim.lua): state 'active'.
 Events: added {id, name, state}; duplicated {id} for an existing custom id;
+        deduplicated {id (the kept job), dedup_id, rejected (this add's custom
+        id or ''), debounced (1 when it replaced the kept job, else 0)};
         active {id} for a job handed off.
 ]]
 --@include common
 --@include claim
+
+-- What a dedup add does about `kept`, the job holding key dk: 'replace' it
+-- (debounce), 'keep' it (deduplicated), or nil: the key is free to take.
+local function dedup_verdict(dk, kept, mode)
+  local jk = PREFIX .. kept
+  if mode == 'debounce' and redis.call('ZSCORE', k.delayed, kept)
+      and (tonumber(redis.call('HGET', jk, 'attempts_started')) or 0) == 0 then
+    return 'replace'
+  end
+  if redis.call('PTTL', dk) > 0 then return 'keep' end
+  if mode ~= 'debounce' then
+    local f = redis.call('HMGET', jk, 'name', 'finished_on')
+    if f[1] and not f[2] then return 'keep' end
+  end
+  return nil
+end
+
 local now = now_ms()
 local n = tonumber(ARGV[1])
 redis.call('HSETNX', k.meta, 'version', '1')
 local out = {}
 local woken = false
 for i = 0, n - 1 do
-  local b = 2 + i * 8
+  local b = 2 + i * 11
   local id = ARGV[b]
-  local created = 1
-  if id == '' then
-    id = tostring(redis.call('INCR', k.id))
-  elseif redis.call('EXISTS', PREFIX .. id) == 1 then
-    created = 0
+  local did = ARGV[b + 8]
+  local outcome = 1
+  local kept = nil
+  if id ~= '' and redis.call('EXISTS', PREFIX .. id) == 1 then
+    outcome = 0
+  elseif did ~= '' then
+    kept = redis.call('GET', dedup_key(did))
+    local verdict = kept and dedup_verdict(dedup_key(did), kept, ARGV[b + 9])
+    if verdict == 'replace' then
+      outcome = 3
+    elseif verdict == 'keep' then
+      outcome = 2
+    end
   end
-  if created == 1 then
+  local delay = tonumber(ARGV[b + 4])
+  if outcome == 1 then
+    if id == '' then id = tostring(redis.call('INCR', k.id)) end
     local taker = nil
-    local delay = tonumber(ARGV[b + 4])
     local priority = tonumber(ARGV[b + 5])
     redis.call('HSET', PREFIX .. id, 'name', ARGV[b + 1], 'data', ARGV[b + 2],
       'opts', ARGV[b + 3], 'timestamp', now, 'delay', delay, 'priority', priority,
       'attempts', ARGV[b + 7], 'attempts_made', 0)
+    if did ~= '' then
+      redis.call('HSET', PREFIX .. id, 'dedup_id', did)
+      local ttl = tonumber(ARGV[b + 10]) or 0
+      if ttl > 0 then
+        redis.call('SET', dedup_key(did), id, 'PX', ttl)
+      else
+        redis.call('SET', dedup_key(did), id)
+      end
+    end
     local state
     if delay > 0 then
       redis.call('ZADD', k.delayed, now + delay, id)
@@ -54,9 +105,24 @@ for i = 0, n - 1 do
     end
     out[#out + 1] = {id, 1, emit('event', 'added', 'id', id, 'name', ARGV[b + 1], 'state', state)}
     if taker then hand_off(id, taker, now) end
-  else
+  elseif outcome == 0 then
     emit('event', 'duplicated', 'id', id)
     out[#out + 1] = {id, 0, ''}
+  else
+    local jk = PREFIX .. kept
+    if outcome == 3 then
+      -- Not started yet: this add's job replaces it, due now + this delay.
+      redis.call('HSET', jk, 'name', ARGV[b + 1], 'data', ARGV[b + 2], 'opts', ARGV[b + 3],
+        'delay', delay, 'priority', ARGV[b + 5], 'attempts', ARGV[b + 7])
+      redis.call('ZADD', k.delayed, now + delay, kept)
+      if not woken then
+        wake()  -- the due time may have moved earlier
+        woken = true
+      end
+    end
+    emit('event', 'deduplicated', 'id', kept, 'dedup_id', did, 'rejected', id,
+      'debounced', outcome == 3 and '1' or '0')
+    out[#out + 1] = {kept, outcome, '', redis.call('HGETALL', jk)}
   end
 end
 return out

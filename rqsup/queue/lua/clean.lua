@@ -7,6 +7,7 @@ Returns: the removed ids.
 Events: cleaned {state, count}.
 ]]
 --@include common
+--@include flow
 local state, limit = ARGV[1], tonumber(ARGV[3])
 if state == 'active' then return {} end
 local cutoff = now_ms() - tonumber(ARGV[2])

@@ -9,10 +9,13 @@ ARGV: [1] number of completions C, [2] claim N, [3] worker id, [4] lease_ms,
 Returns: {{code per completion}, claim result as in claim.lua}
   code: 0 completed (also when this token already completed it: a retried
   call is idempotent), -1 job not found, -2 lease lost, -3 not active.
-Events: completed {id, returnvalue}; plus claim's events.
+Events: completed {id, returnvalue}; plus claim's events. Flows (flow.lua): a
+        child's value goes to its parent, whose last child to finish emits
+        waiting {id, prev=waiting-children} in the parent's queue.
 ]]
 --@include common
 --@include claim
+--@include flow
 local now = now_ms()
 local c = tonumber(ARGV[1])
 local codes = {}
@@ -26,6 +29,7 @@ for i = 0, c - 1 do
       'ended', 'completed')
     redis.call('HINCRBY', PREFIX .. id, 'attempts_made', 1)
     emit('event', 'completed', 'id', id, 'returnvalue', ARGV[b + 2])
+    flow_completed(id, ARGV[b + 2])  -- a parent waiting for it (flows)
     finish_job(id, k.completed, now, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]))
     codes[#codes + 1] = 0
   elseif held == 0 then
@@ -34,5 +38,7 @@ for i = 0, c - 1 do
     codes[#codes + 1] = held
   end
 end
-return {codes, claim_jobs(tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), now,
-  tonumber(ARGV[5 + c * 5]) or 0)}
+local claimed = claim_jobs(tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), now,
+  tonumber(ARGV[5 + c * 5]) or 0)
+if c > 0 then wake_if_capped() end
+return {codes, claimed}

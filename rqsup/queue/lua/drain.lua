@@ -6,6 +6,7 @@ Returns: number removed (the caller repeats until fewer than the limit).
 Events: drained {count} once the queue is drained.
 ]]
 --@include common
+--@include flow
 local limit = tonumber(ARGV[2])
 local n = 0
 local function take(ids)

@@ -12,9 +12,14 @@ Returns: {code per failure}: 1 retry now (wait), 2 retry later (delayed),
   3 failed for good, 0 this token already failed this attempt (idempotent resend; a token that completed the job gets -3),
   -1 job not found, -2 lease lost, -3 not active.
 Events: retrying {id, attempts_made, delay, reason} or
-        failed {id, reason, error_type, stacktrace, attempts_made}.
+        failed {id, reason, error_type, stacktrace, attempts_made}. Flows
+        (flow.lua): a child failed for good applies its parent_policy: a
+        parent failed by it emits failed {error_type=ChildFailed} (and so on
+        up); a parent it was the last pending child of emits waiting.
 ]]
 --@include common
+--@include claim
+--@include flow
 local now = now_ms()
 local f = tonumber(ARGV[1])
 local codes = {}
@@ -45,6 +50,7 @@ for i = 0, f - 1 do
       redis.call('HSET', jk, 'finished_on', now)
       emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', etype,
         'stacktrace', stack, 'attempts_made', made)
+      flow_failed(id, reason, now)  -- a parent waiting for it (flows)
       finish_job(id, k.failed, now, tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7]))
       codes[#codes + 1] = 3
     end
@@ -52,4 +58,5 @@ for i = 0, f - 1 do
     codes[#codes + 1] = held
   end
 end
+if f > 0 then wake_if_capped() end
 return codes

@@ -8,6 +8,7 @@ Returns: jobs deleted by this call, or -5 when jobs are active and not forced.
 Events: none (the events stream is deleted too).
 ]]
 --@include common
+--@include flow
 if ARGV[1] ~= '1' and redis.call('ZCARD', k.active) > 0 then return -5 end
 redis.call('HSET', k.meta, 'paused', 1)
 local limit = tonumber(ARGV[2])

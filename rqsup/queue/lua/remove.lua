@@ -2,9 +2,13 @@
 KEYS: the standard queue keys (common.lua).
 ARGV: [1] job id
 Returns: {0, state it was in} | {-1, ''} | {-4, 'active'}
-Events: removed {id, prev}.
+Flows (flow.lua): the job's parent stops waiting for it (may become ready);
+its pending (not active) children are removed, and theirs.
+Events: removed {id, prev} (also per removed child, in its queue); waiting
+        {id, prev=waiting-children} for a parent that became ready.
 ]]
 --@include common
+--@include flow
 local id = ARGV[1]
 local st = job_state(id)
 if st == 'missing' then return {-1, ''} end

@@ -7,9 +7,11 @@ ARGV: [1] interval_ms (0: sweep regardless of the stall-check key),
       [4] at most this many jobs per call,
       [5] keep_count, [6] keep_age_ms (retention of failed jobs)
 Returns: {swept (0/1), requeued ids, failed ids}
-Events: stalled {id, count}; failed {id, reason, ...} past the limits.
+Events: stalled {id, count}; failed {id, reason, ...} past the limits (and,
+        for a flow child, what fail.lua emits for its parent).
 ]]
 --@include common
+--@include flow
 local interval = tonumber(ARGV[1])
 if interval > 0 and not redis.call('SET', k.stall_check, '1', 'NX', 'PX', interval) then
   return {0, {}, {}}
@@ -42,6 +44,7 @@ for _, id in ipairs(expired) do
         'stacktrace', '', 'finished_on', now)
       emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', 'Stalled',
         'stacktrace', '', 'attempts_made', redis.call('HGET', jk, 'attempts_made') or '0')
+      flow_failed(id, reason, now)  -- a parent waiting for it (flows)
       finish_job(id, k.failed, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
       failed[#failed + 1] = id
     else

@@ -10,6 +10,58 @@ local function promote_due(now)
   end
 end
 
+-- Queue-wide limits (meta: limiter_max + limiter_duration_ms, concurrency).
+-- The limiter key counts claims in the current window (PX = the window); a
+-- manual limit (rate_limit.lua, or a processor's RateLimited) stores 'manual'.
+local LIMITER = string.sub(k.id, 1, -3) .. 'limiter'
+
+-- How many of n jobs may be claimed now, and if none, how long until the
+-- limit may lift (ms; -1: not rate limited, e.g. paused or at concurrency).
+local function claim_budget(n)
+  if n <= 0 then return 0, -1 end
+  if redis.call('HEXISTS', k.meta, 'paused') == 1 then return 0, -1 end
+  local m = redis.call('HMGET', k.meta, 'concurrency', 'limiter_max')
+  local cap = tonumber(m[1])
+  if cap then
+    local free = cap - redis.call('ZCARD', k.active)
+    if free < n then n = free end
+  end
+  local used = redis.call('GET', LIMITER)
+  if used then
+    local lmax = tonumber(m[2])
+    if used == 'manual' or (lmax and tonumber(used) >= lmax) then
+      local ttl = redis.call('PTTL', LIMITER)
+      if ttl > 0 then return 0, ttl end
+      if ttl == -1 then redis.call('DEL', LIMITER) end  -- a window without expiry: stale
+    elseif lmax and lmax - tonumber(used) < n then
+      n = lmax - tonumber(used)
+    end
+  elseif tonumber(m[2]) and tonumber(m[2]) < n then
+    n = tonumber(m[2])
+  end
+  if n < 0 then n = 0 end
+  return n, -1
+end
+
+-- Count `taken` claims against the rate limit (opens a window when none is).
+local function spend_budget(taken)
+  if taken <= 0 then return end
+  local m = redis.call('HMGET', k.meta, 'limiter_max', 'limiter_duration_ms')
+  if not tonumber(m[1]) then return end
+  if redis.call('INCRBY', LIMITER, taken) == taken then
+    redis.call('PEXPIRE', LIMITER, tonumber(m[2]) or 1000)
+  end
+end
+
+-- A job left active (complete, fail): under a concurrency cap, wake a worker
+-- that may be waiting for a slot while work is ready.
+local function wake_if_capped()
+  if redis.call('HEXISTS', k.meta, 'concurrency') == 1
+      and (redis.call('LLEN', k.wait) > 0 or redis.call('ZCARD', k.prioritized) > 0) then
+    wake()
+  end
+end
+
 -- Make one job active for `worker`; returns its token.
 local function activate(id, worker, deadline, now)
   local jk = PREFIX .. id
@@ -37,10 +89,12 @@ end
 
 -- At add: a registered idle worker that is alive (its member), or nil.
 local function idle_worker(now)
-  if redis.call('HEXISTS', k.meta, 'paused') == 1 then return nil end
   redis.call('ZREMRANGEBYSCORE', k.idle, '-inf', now)
   local w = redis.call('ZRANGE', k.idle, 0, 0)
   if #w == 0 then return nil end
+  local allowed = claim_budget(1)  -- pause, rate limit and concurrency cap hold here too
+  if allowed < 1 then return nil end
+  spend_budget(1)
   redis.call('ZREM', k.idle, w[1])
   return w[1]
 end
@@ -83,7 +137,9 @@ local function claim_jobs(n, worker, lease_ms, now, idle_ms)
   promote_due(now)
   local asked = n
   n = n - take_inbox(worker, n, out)
-  if n > 0 and redis.call('HEXISTS', k.meta, 'paused') == 0 then
+  local wanted, limited_ms = n, -1
+  n, limited_ms = claim_budget(n)
+  if n > 0 then
     local ids = redis.call('RPOP', k.wait, n) or {}
     if #ids < n then
       local p = redis.call('ZPOPMIN', k.prioritized, n - #ids)
@@ -100,8 +156,15 @@ local function claim_jobs(n, worker, lease_ms, now, idle_ms)
         emit('event', 'orphan-dropped', 'id', id)
       end
     end
-    -- More ready work than we took: wake another blocked worker.
-    if #ids == n and (redis.call('LLEN', k.wait) > 0 or redis.call('ZCARD', k.prioritized) > 0) then
+    spend_budget(#ids)
+    if n < wanted and limited_ms < 0 then
+      local _left, wait = claim_budget(1)  -- did we just use up the window?
+      limited_ms = wait
+    end
+    -- More ready work than we took (and no limit held us back): wake another
+    -- blocked worker.
+    if #ids == n and n == wanted
+        and (redis.call('LLEN', k.wait) > 0 or redis.call('ZCARD', k.prioritized) > 0) then
       redis.call('ZADD', k.marker, 0, 'w')
     end
   end
@@ -112,5 +175,7 @@ local function claim_jobs(n, worker, lease_ms, now, idle_ms)
     if delta < 0 then delta = 0 end
     out[1] = delta
   end
+  -- Rate limited: the caller retries when the window ends (not before).
+  if limited_ms > 0 and (out[1] < 0 or limited_ms < out[1]) then out[1] = limited_ms end
   return out
 end

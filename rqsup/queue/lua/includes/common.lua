@@ -66,9 +66,42 @@ local function wake()
   end
 end
 
-local function delete_job(id)
+-- A deduplication key (STRING: the id of the job that holds it). The dedup
+-- id arrives in ARGV, so the name is built here, as QueueKeys.dedup does.
+local function dedup_key(dedup_id)
+  return string.sub(k.id, 1, -3) .. 'dedup:' .. dedup_id
+end
+
+-- Release the dedup key that job `id` took at add (hash field dedup_id), if
+-- the key still names this job (a later job may hold it by now).
+-- finished=true (the job completed or failed for good): a throttle window (a
+-- key with a TTL) stays until it expires. Otherwise (the job is deleted by
+-- remove, clean, drain, obliterate) the key goes whatever its mode.
+local function release_dedup(id, finished)
+  local did = redis.call('HGET', PREFIX .. id, 'dedup_id')
+  if not did then return end
+  local dk = dedup_key(did)
+  if redis.call('GET', dk) ~= id then return end
+  if finished and redis.call('PTTL', dk) > 0 then return end
+  redis.call('DEL', dk)
+end
+
+-- Delete a job's keys, nothing else (with a parent's flow keys: flow.lua).
+local function drop_job(id)
   local jk = PREFIX .. id
-  redis.call('DEL', jk, jk .. ':logs')
+  redis.call('DEL', jk, jk .. ':logs', jk .. ':deps', jk .. ':processed', jk .. ':ignored',
+    jk .. ':failed_children')
+end
+
+-- Set by includes/flow.lua: a deleted job's parent stops waiting for it and
+-- its pending children go too. nil in scripts that do not include flow.
+local on_delete_job = nil
+
+-- Delete a job and release its dedup key (finished: as in release_dedup).
+local function delete_job(id, finished)
+  if on_delete_job then on_delete_job(id) end
+  release_dedup(id, finished)
+  drop_job(id)
 end
 
 -- Lease check for the holder of `token`: 1 the lease is held; 0 this very
@@ -123,10 +156,11 @@ end
 -- Keep at most keep_count jobs (negative: no count limit), none older than
 -- keep_age_ms (negative: no age limit), in a finished zset. Bounded work.
 local function apply_retention(set, now, keep_count, keep_age_ms)
+  -- Finished jobs released their dedup keys when they finished: drop_job.
   if keep_age_ms >= 0 then
     local old = redis.call('ZRANGEBYSCORE', set, '-inf', now - keep_age_ms, 'LIMIT', 0, 1000)
     for _, oid in ipairs(old) do
-      delete_job(oid)
+      drop_job(oid)
       redis.call('ZREM', set, oid)
     end
   end
@@ -135,7 +169,7 @@ local function apply_retention(set, now, keep_count, keep_age_ms)
     if excess > 0 then
       if excess > 1000 then excess = 1000 end
       for _, oid in ipairs(redis.call('ZRANGE', set, 0, excess - 1)) do
-        delete_job(oid)
+        drop_job(oid)
       end
       redis.call('ZREMRANGEBYRANK', set, 0, excess - 1)
     end
@@ -143,9 +177,11 @@ local function apply_retention(set, now, keep_count, keep_age_ms)
 end
 
 -- Move a job that left active for good into completed/failed (or delete it).
+-- Releases the job's dedup key (until_done and debounce; a ttl window stays).
 local function finish_job(id, set, now, keep_count, keep_age_ms)
+  release_dedup(id, true)
   if keep_count == 0 then
-    delete_job(id)
+    drop_job(id)
   else
     redis.call('ZADD', set, now, id)
     apply_retention(set, now, keep_count, keep_age_ms)

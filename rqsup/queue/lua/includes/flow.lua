@@ -1,0 +1,244 @@
+-- Flows: parents that wait for their children (docs/redis-schema.md, "Flows").
+-- Included after common (and claim where used). A parent and its children may
+-- live in different queues of the same prefix: their keys are built here from
+-- the job keys stored in the hashes ("<prefix>:{<queue>}:job:<id>"). On Redis
+-- Cluster this needs every queue of a flow in one slot (Python refuses a
+-- flow across queues there).
+--   child hash: parent = the parent's job key, parent_policy = fail|ignore|remove
+--   parent hash: has_children = 1; parent keys (deleted with the job by drop_job):
+--     <job key>:deps             SET  job keys of the children not finished yet
+--     <job key>:processed        HASH child job key -> return value (JSON)
+--     <job key>:ignored          HASH child job key -> failed reason (policy ignore)
+--     <job key>:failed_children  HASH child job key -> failed reason (policy fail)
+
+-- The keys of the queue whose base is "<prefix>:{<queue>}".
+local function fq(base)
+  return {
+    base = base, id = base .. ':id', meta = base .. ':meta', wait = base .. ':wait',
+    prioritized = base .. ':prioritized', pc = base .. ':pc', delayed = base .. ':delayed',
+    active = base .. ':active', completed = base .. ':completed', failed = base .. ':failed',
+    waiting_children = base .. ':waiting-children', marker = base .. ':marker',
+    events = base .. ':events', job = base .. ':job:',
+  }
+end
+
+-- A job key -> its queue's keys, its id.
+local function split_job_key(jk)
+  local base = string.match(jk, '^(.-}):job:')
+  return fq(base), string.sub(jk, #base + 6)
+end
+
+-- "<queue>:<id>", how people (and failed reasons) name a job of a flow.
+local function job_ref(jk)
+  local q, id = split_job_key(jk)
+  return string.match(q.base, '{(.*)}$') .. ':' .. id
+end
+
+local function fq_emit(q, ...)
+  if not q.maxlen then
+    q.maxlen = tonumber(redis.call('HGET', q.meta, 'max_events')) or 10000
+  end
+  return redis.call('XADD', q.events, 'MAXLEN', '~', q.maxlen, '*', ...)
+end
+
+local function fq_wake(q)
+  if redis.call('HEXISTS', q.meta, 'paused') == 0 then
+    redis.call('ZADD', q.marker, 0, 'w')
+  end
+end
+
+-- push_ready (common.lua) for any queue.
+local function fq_push_ready(q, id, priority, front)
+  if priority > 0 then
+    local c = redis.call('INCR', q.pc) % HALF_BAND
+    local score = priority * PRIORITY_BAND + HALF_BAND + c
+    if front then score = priority * PRIORITY_BAND + HALF_BAND - c end
+    redis.call('ZADD', q.prioritized, score, id)
+    return 'prioritized'
+  end
+  if front then
+    redis.call('RPUSH', q.wait, id)
+  else
+    redis.call('LPUSH', q.wait, id)
+  end
+  return 'wait'
+end
+
+-- job_state (common.lua) for any queue.
+local function fq_state(q, id)
+  for _, s in ipairs({'active', 'delayed', 'prioritized', 'completed', 'failed',
+                      'waiting_children'}) do
+    if redis.call('ZSCORE', q[s], id) then return (string.gsub(s, '_', '-')) end
+  end
+  if redis.call('LPOS', q.wait, id) then return 'wait' end
+  if redis.call('EXISTS', q.job .. id) == 0 then return 'missing' end
+  return 'unknown'
+end
+
+-- A parent with nothing pending that waits in waiting-children becomes ready.
+local function release_parent(pk)
+  if redis.call('SCARD', pk .. ':deps') > 0 then return end
+  local q, pid = split_job_key(pk)
+  if not redis.call('ZSCORE', q.waiting_children, pid) then return end
+  redis.call('ZREM', q.waiting_children, pid)
+  fq_push_ready(q, pid, tonumber(redis.call('HGET', pk, 'priority')) or 0, false)
+  fq_emit(q, 'event', 'waiting', 'id', pid, 'prev', 'waiting-children')
+  fq_wake(q)
+end
+
+-- complete.lua: job `id` (this queue) completed with `value` (JSON).
+local function flow_completed(id, value)
+  local ck = PREFIX .. id
+  local pk = redis.call('HGET', ck, 'parent')
+  if not pk or redis.call('EXISTS', pk) == 0 then return end
+  redis.call('HSET', pk .. ':processed', ck, value)
+  if redis.call('SREM', pk .. ':deps', ck) == 1 then release_parent(pk) end
+end
+
+-- Fail a parent that waits in waiting-children (a child with policy fail
+-- failed), then its own parent by that parent's policy, and so on up.
+-- Returns nothing; a parent in another state only keeps the record (a
+-- running step job fails when it asks to wait: move_to_waiting_children).
+local function child_failed(ck, reason, now)
+  while true do
+    local f = redis.call('HMGET', ck, 'parent', 'parent_policy')
+    local pk, policy = f[1], f[2] or 'fail'
+    if not pk or redis.call('EXISTS', pk) == 0 then return end
+    if redis.call('SREM', pk .. ':deps', ck) == 0 then return end  -- not waited for
+    if policy == 'ignore' then
+      redis.call('HSET', pk .. ':ignored', ck, reason)
+      release_parent(pk)
+      return
+    elseif policy == 'remove' then
+      release_parent(pk)
+      return
+    end
+    redis.call('HSET', pk .. ':failed_children', ck, reason)
+    local q, pid = split_job_key(pk)
+    if not redis.call('ZSCORE', q.waiting_children, pid) then return end
+    reason = 'child ' .. job_ref(ck) .. ' failed: ' .. reason
+    redis.call('ZREM', q.waiting_children, pid)
+    redis.call('HSET', pk, 'failed_reason', reason, 'error_type', 'ChildFailed',
+      'stacktrace', '', 'finished_on', now)
+    redis.call('ZADD', q.failed, now, pid)
+    fq_emit(q, 'event', 'failed', 'id', pid, 'reason', reason, 'error_type', 'ChildFailed',
+      'stacktrace', '', 'attempts_made', redis.call('HGET', pk, 'attempts_made') or '0')
+    ck = pk
+  end
+end
+
+-- fail.lua / sweep_stalled.lua: job `id` (this queue) failed for good.
+local function flow_failed(id, reason, now)
+  child_failed(PREFIX .. id, reason, now)
+end
+
+-- Delete the pending (not active) children of job key `jk`, and theirs, in
+-- whatever queue they are. Active ones run on; their parent is gone, so
+-- their outcome is recorded nowhere else.
+local function delete_pending_children(jk)
+  local stack = {jk}
+  while #stack > 0 do
+    local pk = table.remove(stack)
+    for _, ck in ipairs(redis.call('SMEMBERS', pk .. ':deps')) do
+      local q, cid = split_job_key(ck)
+      local st = fq_state(q, cid)
+      if st ~= 'active' and st ~= 'missing' then
+        if st == 'wait' then
+          redis.call('LREM', q.wait, 0, cid)
+        elseif st ~= 'unknown' then
+          redis.call('ZREM', q[(string.gsub(st, '-', '_'))], cid)
+        end
+        fq_emit(q, 'event', 'removed', 'id', cid, 'prev', st)
+        stack[#stack + 1] = ck
+      end
+    end
+    if pk ~= jk then
+      redis.call('DEL', pk, pk .. ':logs', pk .. ':deps', pk .. ':processed', pk .. ':ignored',
+        pk .. ':failed_children')
+    end
+  end
+end
+
+-- Deleting job `id` (remove, clean, drain, obliterate): its parent no longer
+-- waits for it (as policy remove), and its pending children are deleted.
+on_delete_job = function(id)
+  local jk = PREFIX .. id
+  local pk = redis.call('HGET', jk, 'parent')
+  if pk and redis.call('SREM', pk .. ':deps', jk) == 1 then release_parent(pk) end
+  delete_pending_children(jk)
+end
+
+-- Create the jobs of a flow from ARGV[b]: Qn, then Qn queue bases, then N,
+-- then 12 values per job in pre-order (a parent before its children):
+-- queue index (1-based), custom id ('' = auto), name, data, opts, delay_ms,
+-- priority, lifo (0/1), attempts, parent index (0: none, or `root_parent`),
+-- failure policy ('' for no parent), is a parent (0/1).
+-- root_parent: job key of an existing parent for jobs with parent index 0.
+-- Returns {0, ids...} | {1, index of a job whose custom id exists}.
+local FLOW_FIELDS = 12
+local function create_flow(b, root_parent, now)
+  local qn = tonumber(ARGV[b])
+  local queues = {}
+  for i = 1, qn do
+    queues[i] = fq(ARGV[b + i])
+    redis.call('HSETNX', queues[i].meta, 'version', '1')
+  end
+  local n = tonumber(ARGV[b + qn + 1])
+  local first = b + qn + 2
+  for i = 0, n - 1 do
+    local j = first + i * FLOW_FIELDS
+    local id = ARGV[j + 1]
+    if id ~= '' and redis.call('EXISTS', queues[tonumber(ARGV[j])].job .. id) == 1 then
+      return {1, i + 1}
+    end
+  end
+  local keys, out, woken = {}, {0}, {}
+  for i = 0, n - 1 do
+    local j = first + i * FLOW_FIELDS
+    local qi = tonumber(ARGV[j])
+    local q = queues[qi]
+    local id = ARGV[j + 1]
+    if id == '' then id = tostring(redis.call('INCR', q.id)) end
+    local jk = q.job .. id
+    keys[i + 1] = jk
+    out[#out + 1] = id
+    local delay, priority = tonumber(ARGV[j + 5]), tonumber(ARGV[j + 6])
+    local fields = {'name', ARGV[j + 2], 'data', ARGV[j + 3], 'opts', ARGV[j + 4],
+      'timestamp', now, 'delay', delay, 'priority', priority, 'attempts', ARGV[j + 8],
+      'attempts_made', 0}
+    local pi = tonumber(ARGV[j + 9])
+    local pk = root_parent
+    if pi > 0 then pk = keys[pi] end
+    if pk then
+      fields[#fields + 1] = 'parent'
+      fields[#fields + 1] = pk
+      fields[#fields + 1] = 'parent_policy'
+      fields[#fields + 1] = ARGV[j + 10]
+      redis.call('SADD', pk .. ':deps', jk)
+    end
+    local is_parent = ARGV[j + 11] == '1'
+    if is_parent then
+      fields[#fields + 1] = 'has_children'
+      fields[#fields + 1] = 1
+    end
+    redis.call('HSET', jk, unpack(fields))
+    local state
+    if is_parent then
+      redis.call('ZADD', q.waiting_children, now, id)
+      state = 'waiting-children'
+    else
+      if delay > 0 then
+        redis.call('ZADD', q.delayed, now + delay, id)
+        state = 'delayed'
+      else
+        state = fq_push_ready(q, id, priority, ARGV[j + 7] == '1')
+      end
+      if not woken[qi] then
+        fq_wake(q)
+        woken[qi] = true
+      end
+    end
+    fq_emit(q, 'event', 'added', 'id', id, 'name', ARGV[j + 2], 'state', state)
+  end
+  return out
+end

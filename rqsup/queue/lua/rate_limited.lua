@@ -1,0 +1,24 @@
+--[[ rate_limited: a processor raised RateLimited(delay) (say after an upstream
+429): its job goes back to the front of wait without spending an attempt, and
+the whole queue claims nothing for delay_ms (a manual limit, as limits.lua).
+KEYS: the standard queue keys (common.lua).
+ARGV: [1] id, [2] token, [3] delay_ms
+Returns: 0 done (also for a resend of this very call), -1 job not found,
+  -2 lease lost, -3 not active.
+Events: rate-limited {id, delay}.
+]]
+--@include common
+--@include claim
+local id, token, delay = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local held = check_lease(id, token, 'rate-limited')
+if held ~= 1 then return held end
+local jk = PREFIX .. id
+redis.call('ZREM', k.active, id)
+redis.call('HSET', jk, 'ended', 'rate-limited')
+redis.call('HINCRBY', jk, 'attempts_started', -1)  -- this attempt does not count
+push_ready(id, job_priority(id), true)
+if delay > 0 and redis.call('PTTL', LIMITER) < delay then
+  redis.call('SET', LIMITER, 'manual', 'PX', delay)
+end
+emit('event', 'rate-limited', 'id', id, 'delay', delay)
+return 0

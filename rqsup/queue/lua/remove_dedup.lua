@@ -1,0 +1,14 @@
+--[[ remove_dedup: delete a deduplication key, so the next add with that
+dedup id creates a job (the job that held it is left alone).
+KEYS: the standard queue keys (common.lua); deletes dedup:<dedup id>.
+ARGV: [1] dedup id, [2] job id: delete only while the key names this job
+      ('' = whatever job it names)
+Returns: 1 deleted, 0 no such key (or it names another job).
+Events: none.
+]]
+--@include common
+local dk = dedup_key(ARGV[1])
+local held = redis.call('GET', dk)
+if not held or (ARGV[2] ~= '' and held ~= ARGV[2]) then return 0 end
+redis.call('DEL', dk)
+return 1
