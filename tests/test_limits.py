@@ -37,7 +37,22 @@ def test_rate_limit_caps_claims_per_window_and_says_when_it_lifts(redis_url: str
     assert 0 < q.limits()["limited_for_s"] <= 1.0
     wait_until(lambda: claim(q, 20)[1], "the next window", timeout=3)
     q.remove_rate_limit()
-    assert len(claim(q, 20)[1]) > 0 and q.limits()["max"] is None
+    counts = q.counts()
+    got = claim(q, 20)[1]
+    assert len(got) > 0 and q.limits()["max"] is None, (counts, q.limits(), got)
+
+
+def test_a_window_ending_now_opens_a_new_bounded_one(redis_url: str) -> None:
+    """Regression: a limiter key found at its last millisecond (or without expiry)
+    let one claim take everything; the next window must still be capped."""
+    q = Queue("rlb", redis_url)
+    q.set_rate_limit(5, 1.0)
+    q.add_bulk([("x", i) for i in range(20)])
+    limiter = q.core.keys.base + ":limiter"
+    q.client.set(limiter, 5)  # a full window that never expires (stale)
+    _, got = claim(q, 20)
+    assert len(got) == 5
+    assert 0 < q.client.pttl(limiter) <= 1000 and q.client.get(limiter) == b"5"
 
 
 def test_global_concurrency_caps_active_jobs_and_a_finish_wakes_a_waiter(redis_url: str) -> None:

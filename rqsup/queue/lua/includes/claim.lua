@@ -27,17 +27,21 @@ local function claim_budget(n)
     if free < n then n = free end
   end
   local used = redis.call('GET', LIMITER)
+  local lmax = tonumber(m[2])
   if used then
-    local lmax = tonumber(m[2])
-    if used == 'manual' or (lmax and tonumber(used) >= lmax) then
-      local ttl = redis.call('PTTL', LIMITER)
-      if ttl > 0 then return 0, ttl end
-      if ttl == -1 then redis.call('DEL', LIMITER) end  -- a window without expiry: stale
-    elseif lmax and lmax - tonumber(used) < n then
-      n = lmax - tonumber(used)
+    local ttl = redis.call('PTTL', LIMITER)
+    if ttl <= 0 then
+      -- Expiring this very millisecond (or, stale, without expiry): the
+      -- window is over; a claim now opens the next one.
+      redis.call('DEL', LIMITER)
+      used = nil
+    elseif used == 'manual' or (lmax and tonumber(used) >= lmax) then
+      return 0, ttl
     end
-  elseif tonumber(m[2]) and tonumber(m[2]) < n then
-    n = tonumber(m[2])
+  end
+  if lmax then
+    local left = lmax - (tonumber(used) or 0)
+    if left < n then n = left end
   end
   if n < 0 then n = 0 end
   return n, -1
