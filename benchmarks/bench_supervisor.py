@@ -224,7 +224,7 @@ def bench_noop(q: Queue, url: str, res: Results, prefetch: int | None) -> None:
     out = run_worker(_spec(url, q, f"{PROCS}:noop", "process", NOOP_CONCURRENCY, NOOP_JOBS,
                            prefetch=prefetch), res, what)
     check_drained(q, res, what, _kept(NOOP_JOBS))
-    shown = f"{NOOP_CONCURRENCY} = default" if prefetch is None else str(prefetch)
+    shown = "adaptive = default" if prefetch is None else str(prefetch)
     res.add(f"noop_p{label}",
             f"process no-op ({NOOP_JOBS:,} jobs, {NOOP_CONCURRENCY} children, "
             f"prefetch {shown})", "jobs/s", NOOP_JOBS / out["elapsed"])

@@ -25,7 +25,7 @@ log = logging.getLogger("rqsup.worker")
 #: Group commit under load (process mode): wait up to LINGER_S for up to
 #: LINGER_BATCH completions before a call.
 LINGER_S = 0.002
-LINGER_BATCH = 64
+LINGER_BATCH = 128
 
 _FAIL_OUTCOMES = {1: "retrying now", 2: "retrying later", 3: "failed", 0: "already recorded"}
 #: What an end of an attempt other than complete/fail did, by script and code.
