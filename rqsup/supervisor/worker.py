@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
 import logging
 import math
@@ -37,6 +36,7 @@ from rqsup.supervisor import flowjobs, maintenance
 from rqsup.supervisor.active import ActiveJob, Running
 from rqsup.supervisor.child import ChildJobError
 from rqsup.supervisor.pool import ChildPool, NotDispatched, SandboxSettings
+from rqsup.supervisor.processors import JobTimedOut, RawJSON, load_processor
 from rqsup.supervisor.pump import Pump
 from rqsup.supervisor.threads import ThreadRunner
 
@@ -47,36 +47,6 @@ MODES = ("async", "thread", "process")
 #: running jobs, at least one job and at most MAX_PREFETCH_PER_SLOT per child.
 PREFETCH_WINDOW_S = 0.05
 MAX_PREFETCH_PER_SLOT = 32
-
-
-class JobTimedOut(Exception):
-    """The job ran longer than its timeout (the reason recorded on the job)."""
-
-
-class RawJSON:
-    """A result a child already encoded as JSON: written as is."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-def load_processor(spec: str) -> Callable[..., Any]:
-    """``module:function`` -> the function; errors name the processor."""
-    module, sep, attr = spec.partition(":")
-    if not sep or not module or not attr:
-        raise InvalidOption(f"processor must be 'module:function', got {spec!r}")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except Exception as exc:
-        raise InvalidOption(f"processor {spec!r} cannot be loaded: "
-                            f"{type(exc).__name__}: {exc}") from exc
-    if not callable(obj):
-        raise InvalidOption(f"processor {spec!r} is not callable")
-    return obj  # type: ignore[no-any-return]
 
 
 class Worker:
