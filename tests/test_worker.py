@@ -370,6 +370,7 @@ def test_sync_call_from_another_thread(redis_url: str) -> None:
         q.wait_for(done_job.id, timeout=10)
         # a job that finished before anyone waited is still seen
         assert done_job.wait(timeout=5) == 42
+        q.close()  # stops its event reader with it
     finally:
         stop_evt[0]()
         th.join(20)
