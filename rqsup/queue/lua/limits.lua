@@ -18,7 +18,7 @@ Events: limits {max, duration, concurrency} when something changed;
 local changed = false
 if ARGV[1] == '0' then
   redis.call('HDEL', k.meta, 'limiter_max', 'limiter_duration_ms')
-  if redis.call('GET', LIMITER) ~= 'manual' then redis.call('DEL', LIMITER) end
+  redis.call('DEL', LIMITER)
   changed = true
 elseif ARGV[1] ~= '' then
   redis.call('HSET', k.meta, 'limiter_max', ARGV[1], 'limiter_duration_ms', ARGV[2])
@@ -34,12 +34,10 @@ end
 if ARGV[4] ~= '' then
   local delay = tonumber(ARGV[4])
   if delay > 0 then
-    if redis.call('PTTL', LIMITER) < delay then
-      redis.call('SET', LIMITER, 'manual', 'PX', delay)
-    end
+    set_manual_limit(delay)
     emit('event', 'rate-limited', 'delay', delay)
-  elseif redis.call('GET', LIMITER) == 'manual' then
-    redis.call('DEL', LIMITER)
+  else
+    redis.call('DEL', MANUAL_LIMIT)
   end
   changed = true
 end

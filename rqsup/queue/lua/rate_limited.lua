@@ -17,8 +17,9 @@ redis.call('ZREM', k.active, id)
 redis.call('HSET', jk, 'ended', 'rate-limited')
 redis.call('HINCRBY', jk, 'attempts_started', -1)  -- this attempt does not count
 push_ready(id, job_priority(id), true)
-if delay > 0 and redis.call('PTTL', LIMITER) < delay then
-  redis.call('SET', LIMITER, 'manual', 'PX', delay)
-end
+if delay > 0 then set_manual_limit(delay) end
 emit('event', 'rate-limited', 'id', id, 'delay', delay)
+-- Blocked workers learn the job is back; their claim says how long the
+-- limit lasts, and they wait that long (no polling).
+wake()
 return 0

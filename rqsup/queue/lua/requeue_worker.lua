@@ -24,5 +24,8 @@ for _, id in ipairs(redis.call('ZRANGE', k.active, 0, -1)) do
     out[#out + 1] = id
   end
 end
+-- Hand-offs not yet popped were requeued above (their tokens are not kept):
+-- drop them from the inbox, or the worker could start a job it gave back.
+redis.call('DEL', inbox_key(worker))
 if #out > 0 then wake() end
 return out

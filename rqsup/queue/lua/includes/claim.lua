@@ -11,9 +11,18 @@ local function promote_due(now)
 end
 
 -- Queue-wide limits (meta: limiter_max + limiter_duration_ms, concurrency).
--- The limiter key counts claims in the current window (PX = the window); a
--- manual limit (rate_limit.lua, or a processor's RateLimited) stores 'manual'.
+-- The limiter key counts claims in the current window (PX = the window).
 local LIMITER = string.sub(k.id, 1, -3) .. 'limiter'
+-- A manual limit lives in a key of its own, so an open counting window can
+-- neither hide nor shorten it.
+local MANUAL_LIMIT = string.sub(k.id, 1, -3) .. 'limiter-manual'
+
+-- Stop claims for delay_ms (never shortens a longer manual limit).
+local function set_manual_limit(delay_ms)
+  if redis.call('PTTL', MANUAL_LIMIT) < delay_ms then
+    redis.call('SET', MANUAL_LIMIT, '1', 'PX', delay_ms)
+  end
+end
 
 -- How many of n jobs may be claimed now, and if none, how long until the
 -- limit may lift (ms; -1: not rate limited, e.g. paused or at concurrency).
@@ -26,6 +35,8 @@ local function claim_budget(n)
     local free = cap - redis.call('ZCARD', k.active)
     if free < n then n = free end
   end
+  local manual = redis.call('PTTL', MANUAL_LIMIT)
+  if manual > 0 then return 0, manual end
   local used = redis.call('GET', LIMITER)
   local lmax = tonumber(m[2])
   if used then
@@ -35,7 +46,7 @@ local function claim_budget(n)
       -- window is over; a claim now opens the next one.
       redis.call('DEL', LIMITER)
       used = nil
-    elseif used == 'manual' or (lmax and tonumber(used) >= lmax) then
+    elseif lmax and tonumber(used) >= lmax then
       return 0, ttl
     end
   end

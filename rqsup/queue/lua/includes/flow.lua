@@ -137,24 +137,46 @@ end
 -- their outcome is recorded nowhere else.
 local function delete_pending_children(jk)
   local stack = {jk}
+  -- Children in a wait list are removed in one pass per list at the end: an
+  -- LPOS + LREM per child would make a big tree quadratic in one script.
+  local from_wait = {}  -- wait key -> {q = q, ids = {id = true}}
   while #stack > 0 do
     local pk = table.remove(stack)
     for _, ck in ipairs(redis.call('SMEMBERS', pk .. ':deps')) do
       local q, cid = split_job_key(ck)
-      local st = fq_state(q, cid)
+      local st = nil
+      for _, z in ipairs({'active', 'delayed', 'prioritized', 'completed', 'failed',
+                          'waiting_children'}) do
+        if redis.call('ZSCORE', q[z], cid) then st = z break end
+      end
+      if st == nil then
+        st = (redis.call('EXISTS', q.job .. cid) == 1) and 'wait' or 'missing'
+      end
       if st ~= 'active' and st ~= 'missing' then
         if st == 'wait' then
-          redis.call('LREM', q.wait, 0, cid)
-        elseif st ~= 'unknown' then
-          redis.call('ZREM', q[(string.gsub(st, '-', '_'))], cid)
+          local w = from_wait[q.wait]
+          if not w then w = {q = q, ids = {}} from_wait[q.wait] = w end
+          w.ids[cid] = true
+        else
+          redis.call('ZREM', q[st], cid)
         end
-        fq_emit(q, 'event', 'removed', 'id', cid, 'prev', st)
+        fq_emit(q, 'event', 'removed', 'id', cid, 'prev', (string.gsub(st, '_', '-')))
         stack[#stack + 1] = ck
       end
     end
     if pk ~= jk then
       redis.call('DEL', pk, pk .. ':logs', pk .. ':deps', pk .. ':processed', pk .. ':ignored',
         pk .. ':failed_children')
+    end
+  end
+  for wkey, w in pairs(from_wait) do
+    local keep = {}
+    for _, id in ipairs(redis.call('LRANGE', wkey, 0, -1)) do
+      if not w.ids[id] then keep[#keep + 1] = id end
+    end
+    redis.call('DEL', wkey)
+    for i = 1, #keep, 5000 do
+      redis.call('RPUSH', wkey, unpack(keep, i, math.min(i + 4999, #keep)))
     end
   end
 end
