@@ -102,14 +102,20 @@ class UnrecoverableError(RqsupError):
     """Raised by a processor to fail the job at once, skipping remaining attempts."""
 
 
+#: A manual limit longer than this is surely a mistake (and NaN never compares).
+MAX_RATE_LIMIT_DELAY_S = 86_400.0
+
+
 class RateLimited(RqsupError):
     """Raised by a processor (say after an upstream 429): the job goes back to
     wait without spending an attempt, and the whole queue claims nothing for
     ``delay`` seconds, across every supervisor."""
 
     def __init__(self, delay: float, message: str = "") -> None:
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
-            raise InvalidOption(f"RateLimited delay must be seconds >= 0, got {delay!r}")
+        if (isinstance(delay, bool) or not isinstance(delay, int | float)
+                or not 0 <= delay <= MAX_RATE_LIMIT_DELAY_S):
+            raise InvalidOption(f"RateLimited delay must be seconds from 0 to "
+                                f"{MAX_RATE_LIMIT_DELAY_S:g} (a day), got {delay!r}")
         super().__init__(message or f"rate limited for {delay:g}s")
         self.delay_s = float(delay)
 

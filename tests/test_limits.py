@@ -94,8 +94,9 @@ def test_limit_arguments_are_checked() -> None:
         q.set_rate_limit(5, 0)
     with pytest.raises(InvalidOption, match="global concurrency"):
         q.set_global_concurrency(0)
-    with pytest.raises(InvalidOption, match="RateLimited delay"):
-        RateLimited(-1)
+    for bad in (-1, float("nan"), 1e20):
+        with pytest.raises(InvalidOption, match="RateLimited delay"):
+            RateLimited(bad)
 
 
 @pytest.mark.parametrize("mode", ["async", "process"])

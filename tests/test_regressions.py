@@ -128,3 +128,16 @@ def test_requeue_worker_clears_hand_offs_it_takes_back(redis_url: str) -> None:
     assert [i.decode() for i in ids] == [job.id]
     assert claim(q, 1, "w2")[1][0][0] == job.id  # another worker runs it
     assert q.client.zcard(inbox) == 0, "stale hand-off still in w1's inbox"
+
+
+def test_a_run_given_back_to_wait_is_pending_again_for_its_scheduler(redis_url: str) -> None:
+    """rate_limited.lua put the job back in wait but left processed_on, which a
+    scheduler reads as "this run started": it then added the next run while this
+    one was still pending (two pending runs)."""
+    q = Queue("rv-sched", redis_url)
+    job = q.add("x", 1)
+    [(jid, tok)] = claim(q, 1)[1]
+    assert q.client.hexists(q.core.keys.job(jid), "processed_on")
+    assert q._driver.execute(q.core.script("rate_limited", jid, tok, 0)) == 0
+    assert job.state() == "wait"
+    assert not q.client.hexists(q.core.keys.job(jid), "processed_on")

@@ -37,6 +37,8 @@ elseif redis.call('SCARD', jk .. ':deps') > 0 then
   emit('event', 'waiting-children', 'id', id)
   code = 1
 elseif redis.call('HEXISTS', jk, 'has_children') == 1 then
+  -- Pending again: a scheduler must not count this run as started.
+  redis.call('HDEL', jk, 'processed_on')
   push_ready(id, job_priority(id), true)
   emit('event', 'waiting', 'id', id, 'prev', 'active')
   wake()

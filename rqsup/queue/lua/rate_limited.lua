@@ -16,6 +16,7 @@ local jk = PREFIX .. id
 redis.call('ZREM', k.active, id)
 redis.call('HSET', jk, 'ended', 'rate-limited')
 redis.call('HINCRBY', jk, 'attempts_started', -1)  -- this attempt does not count
+redis.call('HDEL', jk, 'processed_on')  -- pending again (a scheduler's run too)
 push_ready(id, job_priority(id), true)
 if delay > 0 then set_manual_limit(delay) end
 emit('event', 'rate-limited', 'id', id, 'delay', delay)

@@ -12,6 +12,7 @@ Events: stalled {id, count}; failed {id, reason, ...} past the limits (and,
 ]]
 --@include common
 --@include flow
+--@include claim
 local interval = tonumber(ARGV[1])
 if interval > 0 and not redis.call('SET', k.stall_check, '1', 'NX', 'PX', interval) then
   return {0, {}, {}}
@@ -56,4 +57,5 @@ for _, id in ipairs(expired) do
   end
 end
 if #requeued > 0 then wake() end
+if #failed > 0 then wake_if_capped() end  -- slots freed under a concurrency cap
 return {1, requeued, failed}
