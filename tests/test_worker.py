@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -338,16 +339,17 @@ def test_malformed_and_orphan_jobs_fail_alone(redis_url: str) -> None:
     run(main)
 
 
-def test_sync_call_from_another_thread(redis_url: str) -> None:
-    async def proc(job: ActiveJob) -> Any:
-        return job.data + 1
-
+@contextlib.contextmanager
+def worker_in_thread(
+    redis_url: str, queue: str, proc: Callable[[ActiveJob], Awaitable[Any]]
+) -> Iterator[None]:
+    """An async worker on its own loop in a thread, for tests of sync callers."""
     ready = threading.Event()
     stop_evt: list[Callable[[], None]] = []
 
     def worker_thread() -> None:
         async def main() -> None:
-            w = Worker("s", proc, url=redis_url)
+            w = Worker(queue, proc, url=redis_url)
             t = asyncio.create_task(w.run())
             loop = asyncio.get_running_loop()
             done = asyncio.Event()
@@ -362,6 +364,17 @@ def test_sync_call_from_another_thread(redis_url: str) -> None:
     th.start()
     assert ready.wait(10)
     try:
+        yield
+    finally:
+        stop_evt[0]()
+        th.join(20)
+
+
+def test_sync_call_from_another_thread(redis_url: str) -> None:
+    async def proc(job: ActiveJob) -> Any:
+        return job.data + 1
+
+    with worker_in_thread(redis_url, "s", proc):
         q = Queue("s", redis_url)
         assert [q.call("inc", i, timeout=10) for i in range(20)] == list(range(1, 21))
         with pytest.raises(TimeoutError):
@@ -371,9 +384,6 @@ def test_sync_call_from_another_thread(redis_url: str) -> None:
         # a job that finished before anyone waited is still seen
         assert done_job.wait(timeout=5) == 42
         q.close()  # stops its event reader with it
-    finally:
-        stop_evt[0]()
-        th.join(20)
 
 
 def test_sync_event_reader_survives_errors_and_stops_with_its_queue(redis_url: str) -> None:
@@ -382,26 +392,7 @@ def test_sync_event_reader_survives_errors_and_stops_with_its_queue(redis_url: s
     async def proc(job: ActiveJob) -> Any:
         return job.data * 2
 
-    ready = threading.Event()
-    stop_evt: list[Callable[[], None]] = []
-
-    def worker_thread() -> None:
-        async def main() -> None:
-            w = Worker("r", proc, url=redis_url)
-            t = asyncio.create_task(w.run())
-            loop = asyncio.get_running_loop()
-            done = asyncio.Event()
-            stop_evt.append(lambda: loop.call_soon_threadsafe(done.set))
-            ready.set()
-            await done.wait()
-            await stop(w, t)
-
-        asyncio.run(main())
-
-    th = threading.Thread(target=worker_thread)
-    th.start()
-    assert ready.wait(10)
-    try:
+    with worker_in_thread(redis_url, "r", proc):
         q = Queue("r", redis_url)
         assert q.call("x", 1, timeout=10) == 2
         reader = SyncEventReader.for_queue(q.client, q.core.keys.events, None)
@@ -426,7 +417,3 @@ def test_sync_event_reader_survives_errors_and_stops_with_its_queue(redis_url: s
         q2 = Queue("r", redis_url)
         assert q2.call("x", 3, timeout=10) == 6  # a fresh reader serves the new client
         q2.close()
-    finally:
-        stop_evt[0]()
-        th.join(20)
-
