@@ -500,6 +500,36 @@ def targets(res: Results) -> list[dict[str, Any]]:
     return out
 
 
+def print_table(res: Results) -> None:
+    """The rows as a table: name, median, min, max, unit (shared by the scripts)."""
+    headers = ("benchmark", "median", "min", "max", "unit")
+    table = [(r.name, fmt(r.median), fmt(r.min), fmt(r.max), r.unit) for r in res.rows.values()]
+    widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h)
+              for i, h in enumerate(headers)]
+    align = ("<", ">", ">", ">", "<")
+
+    def line(cells: tuple[str, ...]) -> str:
+        return " | ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=True))
+
+    print(line(headers))
+    print("-+-".join("-" * w for w in widths))
+    for t in table:
+        print(line(t))
+
+
+def print_targets(tg: list[dict[str, Any]], width: int = 34) -> None:
+    print()
+    print("targets (median vs goal):")
+    for t in tg:
+        if t["met"] is None:
+            print(f"  {t['target']:<{width}} goal {t['goal']:<16} not measured")
+            continue
+        verdict = "MET" if t["met"] else "MISSED"
+        note = f"; {t['note']}" if t["note"] else ""
+        print(f"  {t['target']:<{width}} goal {t['goal']:<16} got {fmt(t['result']):>8}  "
+              f"{verdict} ({t['ratio']:.2f}x of goal{note})")
+
+
 def print_report(info: dict[str, Any], runs: int, res: Results, tg: list[dict[str, Any]],
                  warnings: list[str], env_notes: list[str], total_s: float) -> None:
     print()
@@ -510,28 +540,8 @@ def print_report(info: dict[str, Any], runs: int, res: Results, tg: list[dict[st
     print(f"measured: {info['rqsup']}")
     print(f"load average at start {info['load_avg_at_start']}, at end "
           f"{[round(x, 2) for x in os.getloadavg()]} (other processes skew the figures)")
-    headers = ("benchmark", "median", "min", "max", "unit")
-    table = [(r.name, fmt(r.median), fmt(r.min), fmt(r.max), r.unit) for r in res.rows.values()]
-    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
-    align = ("<", ">", ">", ">", "<")
-
-    def line(cells: tuple[str, ...]) -> str:
-        return " | ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=True))
-
-    print(line(headers))
-    print("-+-".join("-" * w for w in widths))
-    for t in table:
-        print(line(t))
-    print()
-    print("targets (median vs goal):")
-    for t in tg:
-        if t["met"] is None:
-            print(f"  {t['target']:<34} goal {t['goal']:<16} not measured")
-            continue
-        verdict = "MET" if t["met"] else "MISSED"
-        note = f"; {t['note']}" if t["note"] else ""
-        print(f"  {t['target']:<34} goal {t['goal']:<16} got {fmt(t['result']):>8}  "
-              f"{verdict} ({t['ratio']:.2f}x of goal{note})")
+    print_table(res)
+    print_targets(tg)
     if res.problems or warnings:
         print()
         print("problems seen during the run:")

@@ -700,7 +700,7 @@ def targets(res: Results) -> list[dict[str, Any]]:
 
 def print_report(info: dict[str, Any], runs: int, loops: int, res: Results,
                  tg: list[dict[str, Any]], total_s: float) -> None:
-    from bench_core import fmt
+    from bench_core import print_table, print_targets
 
     print()
     print(f"rqsup bench_supervisor: {info['cores']} cores, {info['cpu_model']}, "
@@ -712,29 +712,8 @@ def print_report(info: dict[str, Any], runs: int, loops: int, res: Results,
           f"{CPU_JOB_S * 1e3:.0f} ms in the benchmark process")
     print(f"load average at start {info['load_avg_at_start']}, at end "
           f"{[round(x, 2) for x in os.getloadavg()]} (other processes skew the figures)")
-    headers = ("benchmark", "median", "min", "max", "unit")
-    table = [(r.name, fmt(r.median), fmt(r.min), fmt(r.max), r.unit) for r in res.rows.values()]
-    widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h)
-              for i, h in enumerate(headers)]
-    align = ("<", ">", ">", ">", "<")
-
-    def line(cells: tuple[str, ...]) -> str:
-        return " | ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=True))
-
-    print(line(headers))
-    print("-+-".join("-" * w for w in widths))
-    for t in table:
-        print(line(t))
-    print()
-    print("targets (median vs goal):")
-    for g in tg:
-        if g["met"] is None:
-            print(f"  {g['target']:<30} goal {g['goal']:<14} not measured")
-            continue
-        verdict = "MET" if g["met"] else "MISSED"
-        note = f"; {g['note']}" if g["note"] else ""
-        print(f"  {g['target']:<30} goal {g['goal']:<14} got {fmt(g['result']):>8}  "
-              f"{verdict} ({g['ratio']:.2f}x of goal{note})")
+    print_table(res)
+    print_targets(tg, 30)
     if res.problems:
         print()
         print("problems seen during the run:")
