@@ -141,3 +141,18 @@ def test_a_run_given_back_to_wait_is_pending_again_for_its_scheduler(redis_url: 
     assert q._driver.execute(q.core.script("rate_limited", jid, tok, 0)) == 0
     assert job.state() == "wait"
     assert not q.client.hexists(q.core.keys.job(jid), "processed_on")
+
+
+def test_no_hand_off_ahead_of_a_due_delayed_job(redis_url: str) -> None:
+    """add.lua handed a new job to an idle worker while an older delayed job was
+    already due (not yet promoted): the new job overtook it."""
+    q = Queue("rv-due", redis_url)
+    old = q.add("old", 1, delay=0.05)
+    assert claim(q, 1, "w1", idle_ms=60_000)[1] == []  # w1 idle, registered
+    core = q.core
+    # make the delayed job due without anyone promoting it
+    q.client.zadd(core.keys.delayed, {old.id: 0})
+    new = q.add("new", 2)
+    assert new.state() == "wait"  # not handed off past the due job
+    got = {i for i, _t in claim(q, 2)[1]}
+    assert got == {old.id, new.id}  # one claim serves both; none jumped the queue

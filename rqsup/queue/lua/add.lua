@@ -89,7 +89,9 @@ for i = 0, n - 1 do
       redis.call('ZADD', k.delayed, now + delay, id)
       state = 'delayed'
     else
-      if redis.call('LLEN', k.wait) == 0 and redis.call('ZCARD', k.prioritized) == 0 then
+      -- Nothing else ready (due delayed jobs count: a claim promotes them first).
+      if redis.call('LLEN', k.wait) == 0 and redis.call('ZCARD', k.prioritized) == 0
+          and #redis.call('ZRANGEBYSCORE', k.delayed, '-inf', now, 'LIMIT', 0, 1) == 0 then
         taker = idle_worker(now)
       end
       if taker then
