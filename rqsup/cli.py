@@ -88,5 +88,10 @@ def start(config: Path) -> None:
     sys.exit(app.run_supervisor(cfg))
 
 
+from rqsup.cli_admin import register as _register_admin  # noqa: E402  (click only)
+
+_register_admin(main)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,78 @@
+"""The admin commands against a real redis-server, through click's runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from rqsup import Queue
+from rqsup.cli import main
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_enqueue_jobs_status_and_actions(redis_url: str, tmp_path: Path) -> None:
+    code, out = run("enqueue", "mail", "send", '{"to": "a"}', "--url", redis_url,
+                    "--attempts", "2")
+    assert code == 0 and out.strip() == "1"
+    q = Queue("mail", redis_url)
+    job = q.get_job("1")
+    assert job is not None and job.data == {"to": "a"} and job.attempts == 2
+
+    assert run("pause", "mail", "--url", redis_url)[0] == 0
+    assert q.is_paused()
+    code, out = run("status", "--queue", "mail", "--url", redis_url, "--json")
+    info = json.loads(out)["queues"]["mail"]
+    assert code == 0 and info["paused"] and info["counts"]["wait"] == 1
+    assert run("resume", "mail", "--url", redis_url)[0] == 0 and not q.is_paused()
+
+    # A config names Redis and the queues for status.
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[redis]\nurl = "{redis_url}"\n[supervisor]\nname = "s"\n'
+                   '[[queues]]\nname = "mail"\nprocessor = "m:f"\n')
+    code, out = run("status", "--config", str(cfg))
+    assert code == 0 and "mail:" in out and "wait 1" in out
+
+    q.add("later", None, delay=3600)
+    code, out = run("promote", "mail", "--url", redis_url)
+    assert code == 0 and out.strip() == "1" and q.counts()["delayed"] == 0
+
+    code, out = run("jobs", "mail", "--state", "wait", "--url", redis_url, "--json")
+    assert code == 0 and {j["name"] for j in json.loads(out)} == {"send", "later"}
+    code, out = run("events", "mail", "--url", redis_url, "--count", "50")
+    assert code == 0 and " added 1 name=send" in out and " paused" in out
+    q.close()
+
+
+def test_failed_jobs_listed_retried_and_cleaned(redis_url: str) -> None:
+    q = Queue("f", redis_url)
+    job = q.add("x", 1)
+    reply = q._driver.execute(q.core.script("claim", 1, "w", 30_000))
+    token = reply[1][1].decode()
+    q._driver.execute(q.core.script("fail", 1, job.id, token, "boom", "ValueError", "", -1,
+                                    -1, -1, ""))
+    code, out = run("jobs", "f", "--url", redis_url)
+    assert code == 0 and "ValueError: boom" in out
+    code, out = run("retry", "f", "--url", redis_url)
+    assert code == 0 and out.strip() == "1" and job.state() == "wait"
+    code, out = run("clean", "f", "--state", "wait", "--grace", "0s", "--url", redis_url)
+    assert code == 0 and out.strip() == "1" and q.get_job(job.id) is None
+    q.close()
+
+
+def test_bad_input_gets_a_clear_error(redis_url: str) -> None:
+    result = CliRunner().invoke(main, ["enqueue", "q", "x", "{not json", "--url", redis_url])
+    assert result.exit_code == 2 and "DATA" in result.output and "not JSON" in result.output
+    result = CliRunner().invoke(main, ["clean", "q", "--grace", "soon", "--url", redis_url])
+    assert result.exit_code == 2 and "--grace" in result.output
+    result = CliRunner().invoke(main, ["status", "--url", redis_url])
+    assert result.exit_code == 2 and "--queue" in result.output
+    result = CliRunner().invoke(main, ["jobs", "q", "--url", "redis://127.0.0.1:1/0"])
+    assert result.exit_code == 1 and "unreachable" in result.output
+    result = CliRunner().invoke(main, ["enqueue", "bad{name", "x", "--url", redis_url])
+    assert result.exit_code == 2 and "bad{name" in result.output
