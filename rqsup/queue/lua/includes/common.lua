@@ -33,26 +33,32 @@ end
 -- 2^21 priorities * 2^31 per band stays below 2^53: exact in a double.
 local PRIORITY_BAND = 2147483648   -- 2^31
 local HALF_BAND = 1073741824       -- 2^30
-local function priority_score(priority, lifo)
-  local c = redis.call('INCR', k.pc) % HALF_BAND
+local function priority_score(priority, lifo, pc)
+  local c = redis.call('INCR', pc or k.pc) % HALF_BAND
   if lifo then
     return priority * PRIORITY_BAND + HALF_BAND - c
   end
   return priority * PRIORITY_BAND + HALF_BAND + c
 end
 
--- Put a ready job where a claimer finds it; front=true: taken next.
-local function push_ready(id, priority, front)
+-- Put a ready job where a claimer finds it; front=true: taken next. `q` is a
+-- queue's keys (wait, prioritized, pc): this queue's `k`, or another queue's
+-- (flows).
+local function push_ready_in(q, id, priority, front)
   if priority > 0 then
-    redis.call('ZADD', k.prioritized, priority_score(priority, front), id)
+    redis.call('ZADD', q.prioritized, priority_score(priority, front, q.pc), id)
     return 'prioritized'
   end
   if front then
-    redis.call('RPUSH', k.wait, id)
+    redis.call('RPUSH', q.wait, id)
   else
-    redis.call('LPUSH', k.wait, id)
+    redis.call('LPUSH', q.wait, id)
   end
   return 'wait'
+end
+
+local function push_ready(id, priority, front)
+  return push_ready_in(k, id, priority, front)
 end
 
 local function job_priority(id)

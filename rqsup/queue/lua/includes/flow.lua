@@ -48,21 +48,7 @@ local function fq_wake(q)
 end
 
 -- push_ready (common.lua) for any queue.
-local function fq_push_ready(q, id, priority, front)
-  if priority > 0 then
-    local c = redis.call('INCR', q.pc) % HALF_BAND
-    local score = priority * PRIORITY_BAND + HALF_BAND + c
-    if front then score = priority * PRIORITY_BAND + HALF_BAND - c end
-    redis.call('ZADD', q.prioritized, score, id)
-    return 'prioritized'
-  end
-  if front then
-    redis.call('RPUSH', q.wait, id)
-  else
-    redis.call('LPUSH', q.wait, id)
-  end
-  return 'wait'
-end
+local fq_push_ready = push_ready_in
 
 -- job_state (common.lua) for any queue.
 local function fq_state(q, id)
