@@ -14,8 +14,10 @@ import os
 import pickle
 import signal
 import struct
+import threading
 import time
 from collections.abc import Callable
+from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -83,6 +85,7 @@ class Child:
         self._partial = b""
         self._inbuf = b""
         self._ps: psutil.Process | None = None
+        self._status_lock = threading.Lock()
         #: The pipe hit EOF: the child is gone (or going).
         self.dead = False
         #: Called when the child dies while idle (the pool replaces it).
@@ -100,7 +103,7 @@ class Child:
         proc = ChildProcess(target=child_main, args=(spec, child_end, out_w, alive_r),
                             name=f"rqsup-child-{spec.queue}-{spec.slot}", daemon=False)
         # Starting talks to the forkserver (a few ms): keep it off the loop.
-        await loop.run_in_executor(None, proc.start)
+        await loop.run_in_executor(None, self._start, proc)
         child_end.close()
         out_w.close()
         assert proc.pid is not None
@@ -227,7 +230,7 @@ class Child:
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            code = self.proc.exitcode
+            code = self._exitcode()
             if code is not None:
                 break
             await asyncio.sleep(0.005)
@@ -239,10 +242,32 @@ class Child:
             reason = f"{self._kill_reason} ({reason})"
         return reason
 
+    # The exit status comes from the forkserver through the process's sentinel
+    # pipe, and only once: two readers at a time (a join in a worker thread and
+    # an exitcode check on the loop) make one of them see EOF and report 255.
+    # So every read goes through this lock, and the loop never waits for it.
+
+    @staticmethod
+    def _start(proc: Any) -> None:
+        proc.start()
+        # multiprocessing polls every Process it started from the next
+        # start(), in whatever thread that runs: not ours to poll.
+        mp_process._children.discard(proc)  # type: ignore[attr-defined]
+
+    def _exitcode(self) -> int | None:
+        if not self._status_lock.acquire(blocking=False):
+            return None  # a join holds it; ask again shortly
+        try:
+            code: int | None = self.proc.exitcode
+            return code
+        finally:
+            self._status_lock.release()
+
     def _join(self, timeout: float) -> int | None:
-        self.proc.join(timeout)
-        code: int | None = self.proc.exitcode
-        return code
+        with self._status_lock:
+            self.proc.join(timeout)
+            code: int | None = self.proc.exitcode
+            return code
 
     def _on_output(self) -> None:
         assert self.out is not None
