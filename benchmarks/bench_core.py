@@ -500,6 +500,26 @@ def targets(res: Results) -> list[dict[str, Any]]:
     return out
 
 
+def write_json(path: str, info: dict[str, Any], runs: int, res: Results,
+               tg: list[dict[str, Any]], total_s: float, **extra: Any) -> None:
+    """The report as JSON (shared by the benchmark scripts)."""
+    doc = {
+        "machine": info,
+        "runs": runs,
+        **extra,
+        "results": [
+            {"key": k, **asdict(r), "median": r.median, "min": r.min, "max": r.max}
+            for k, r in res.rows.items()
+        ],
+        "targets": tg,
+        "problems": res.problems,
+        "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "total_s": total_s,
+    }
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2, ensure_ascii=False)
+
+
 def print_table(res: Results) -> None:
     """The rows as a table: name, median, min, max, unit (shared by the scripts)."""
     headers = ("benchmark", "median", "min", "max", "unit")
@@ -645,23 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     total_s = time.perf_counter() - started
     print_report(info, runs, res, tg, warnings, env_notes, total_s)
     if args.json:
-        doc = {
-            "machine": info,
-            "runs": runs,
-            "results": [
-                {"key": k, **asdict(r), "median": r.median, "min": r.min, "max": r.max}
-                for k, r in res.rows.items()
-            ],
-            "targets": tg,
-            "problems": res.problems,
-            "warnings": warnings,
-            "shutdown_log": late,
-            "environment_notes": env_notes,
-            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
-            "total_s": total_s,
-        }
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2, ensure_ascii=False)
+        write_json(args.json, info, runs, res, tg, total_s, warnings=warnings,
+                   shutdown_log=late, environment_notes=env_notes)
     return 1 if res.problems else 0
 
 

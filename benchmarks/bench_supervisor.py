@@ -727,10 +727,8 @@ def print_report(info: dict[str, Any], runs: int, loops: int, res: Results,
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import json
     import shutil
     import tempfile
-    from dataclasses import asdict
     from pathlib import Path
 
     from bench_core import Results, WarningCollector, machine_info
@@ -827,21 +825,9 @@ def main(argv: list[str] | None = None) -> int:
     total_s = time.perf_counter() - started
     print_report(info, runs, loops, res, tg, total_s)
     if args.json:
-        doc = {
-            "machine": info,
-            "runs": runs,
-            "cpu_loops_50ms": loops,
-            "results": [
-                {"key": k, **asdict(r), "median": r.median, "min": r.min, "max": r.max}
-                for k, r in res.rows.items()
-            ],
-            "targets": tg,
-            "problems": res.problems,
-            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
-            "total_s": total_s,
-        }
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=2, ensure_ascii=False)
+        from bench_core import write_json
+
+        write_json(args.json, info, runs, res, tg, total_s, cpu_loops_50ms=loops)
     return 1 if res.problems else 0
 
 

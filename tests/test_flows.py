@@ -27,7 +27,7 @@ from rqsup import (
 )
 from rqsup.queue.flows import FlowCore
 from rqsup.supervisor import ActiveJob, Worker
-from tests.helpers import wait_until
+from tests.helpers import await_until, wait_until
 
 PROCS = "tests.fixtures.flow_procs:work"
 
@@ -348,7 +348,13 @@ def test_waiting_children_without_children_fails_and_a_failed_child_fails_the_st
         # "step": add a child that fails while we still run, then ask to wait
         job.add_children([{"name": "boom"}])
         state["n"] += 1
-        await asyncio.sleep(0.5)
+        probe = AsyncQueue(q, redis_url)
+
+        async def child_failed() -> bool:
+            return (await probe.counts())["failed"] > 0
+
+        await await_until(child_failed, "the new child to fail while its parent runs")
+        await probe.close()
         raise WaitingChildren()
 
     async def main() -> None:

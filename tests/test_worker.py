@@ -297,7 +297,14 @@ def test_idle_worker_closes_promptly(redis_url: str) -> None:
         w = Worker("idle", proc, url=redis_url, block_timeout_s=30)
         t = await started(w)
         await await_until(lambda: w.pump.idle.is_set(), "worker idle")
-        await asyncio.sleep(0.05)  # let it block on the marker
+        probe = AsyncQueue("idle", redis_url).client
+
+        async def blocked() -> bool:  # its BZPOPMIN is in Redis now
+            clients: Any = await probe.client_list()
+            return any(c.get("cmd") == "bzpopmin" for c in clients)
+
+        await await_until(blocked, "the worker blocked on the marker")
+        await probe.aclose()
         loop = asyncio.get_running_loop()
         began = loop.time()
         await stop(w, t)

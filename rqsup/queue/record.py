@@ -81,13 +81,18 @@ class JobRecord:
 
     @property
     def options(self) -> JobOptions:
+        return self.options_over({})
+
+    def options_over(self, defaults: Mapping[str, Any]) -> JobOptions:
+        """The job's stored options over ``defaults`` (stored form: a queue's
+        defaults from the config fill what the job did not set)."""
         opts = self._json("opts")
         if opts is None:
-            return JobOptions()
+            opts = {}
         if not isinstance(opts, dict):
             raise MalformedJob(self.id, "field 'opts' is not a JSON object")
         try:
-            return JobOptions.from_stored(opts)
+            return JobOptions.from_stored({**defaults, **opts} if defaults else opts)
         except TypeError as exc:
             raise MalformedJob(self.id, f"field 'opts' has bad values: {exc}") from None
 

@@ -320,10 +320,10 @@ class Worker:
         record = JobRecord(job_id, fields_of(fields))
         try:
             record.validate()
-            options = record.options
-            if self.default_opts:
-                own = codec.decode(record.raw.get("opts") or "{}")
-                options = JobOptions.from_stored({**self.default_opts, **own})
+            # Queue defaults (config) fill in what the job's own options left out;
+            # decode the options once either way.
+            options = (record.options_over(self.default_opts) if self.default_opts
+                       else record.options)
         except MalformedJob as exc:
             r = Running(record, token, JobOptions())
             self.running[token] = r
