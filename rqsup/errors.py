@@ -22,6 +22,9 @@ class Code(IntEnum):
     JOB_NOT_ACTIVE = -3
     WRONG_STATE = -4
     ACTIVE_JOBS = -5
+    #: The job is damaged (a bad field, or its key is no job hash): the script
+    #: failed it with MalformedJob or set it aside, and wrote nothing else.
+    MALFORMED = -6
 
 
 class RqsupError(Exception):
@@ -160,6 +163,8 @@ def raise_for_code(code: int, job_id: str = "", operation: str = "", state: str 
         raise JobStateError(job_id, operation, state or "in another state")
     if code == Code.ACTIVE_JOBS:
         raise ActiveJobsError("the queue has active jobs; pass force=True to obliterate anyway")
+    if code == Code.MALFORMED:
+        raise MalformedJob(job_id, state or "its key is not a job hash")
     raise ScriptError(f"unknown return code {code} from {operation or 'script'}")
 
 

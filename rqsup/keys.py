@@ -27,7 +27,25 @@ QUEUE_SUFFIXES = (
     "fence",  # STRING: monotonic fencing-token counter
     "stall-check",  # STRING: one stall sweep per interval, cluster-wide
     "idle",  # ZSET: workers blocked for work, "<lease_ms>|<worker id>" -> expiry (ms)
+    "limiter",  # STRING: claims in the current rate-limit window (PX = the window)
+    "limiter-manual",  # STRING: a manual limit (RateLimited, queue.rate_limit), PX = its end
+    "malformed",  # ZSET: ids set aside because their key is not a job hash -> when (ms)
+    "malformed-why",  # HASH: id -> why it was set aside
+    "workers",  # SET: worker ids that hold (or held) jobs of this queue
 )
+
+#: Prefixes a script appends an id to: the only key names a script builds
+#: (job ids, worker ids and dedup ids are known only at run time). Scripts get
+#: them after the queue keys, in this order.
+KEY_PREFIXES = (
+    "job:",  # HASH per job: "<base>:job:<id>" (and ":logs", ":deps" ... after it)
+    "wake:",  # ZSET per worker: its private wake-up key and hand-off inbox
+    "dedup:",  # STRING per dedup id: the id of the job that holds it
+    "worker-jobs:",  # SET per worker: the ids it holds active
+)
+
+#: Ids set aside in ``malformed`` at most (the oldest go first).
+MALFORMED_CAP = 10_000
 
 #: Scheduler keys: the scheduler scripts take them after the standard KEYS
 #: (the last two; QueueKeys.scheduler_keys() builds them).
@@ -109,14 +127,22 @@ class QueueKeys:
     def logs(self, job_id: str) -> str:
         return f"{self.base}:job:{job_id}:logs"
 
+    def prefixed(self, prefix: str) -> str:
+        """One of :data:`KEY_PREFIXES` of this queue."""
+        return f"{self.base}:{prefix}"
+
+    def worker_jobs(self, worker_id: str) -> str:
+        """The ids a worker holds active (SET), kept by the scripts, so that giving
+        back a worker's jobs costs its own jobs, not the whole active set."""
+        return f"{self.base}:worker-jobs:{worker_id}"
+
     def worker_wake(self, worker_id: str) -> str:
         """A worker's private wake-up key: it blocks on it beside the marker, so
         its own close can wake it (a marker wake may go to another worker)."""
         return f"{self.base}:wake:{worker_id}"
 
     def dedup(self, dedup_id: str) -> str:
-        """A deduplication key (STRING: the id of the job that holds it). add.lua
-        builds the same name from the queue base (``dedup_key`` in common.lua)."""
+        """A deduplication key (STRING: the id of the job that holds it)."""
         return f"{self.base}:dedup:{dedup_id}"
 
     def scheduler(self, scheduler_id: str) -> str:
@@ -202,3 +228,34 @@ class QueueKeys:
     @property
     def idle(self) -> str:
         return self.key("idle")
+
+    @property
+    def malformed(self) -> str:
+        return self.key("malformed")
+
+    @property
+    def malformed_why(self) -> str:
+        return self.key("malformed-why")
+
+    @property
+    def workers(self) -> str:
+        return self.key("workers")
+
+    @property
+    def limiter(self) -> str:
+        return self.key("limiter")
+
+    @property
+    def limiter_manual(self) -> str:
+        return self.key("limiter-manual")
+
+
+def supervisor_key(prefix: str, name: str) -> str:
+    """A supervisor's identity and heartbeat (STRING, JSON, with a TTL)."""
+    return f"{prefix}:supervisor:{name}"
+
+
+def supervisor_glob(prefix: str) -> str:
+    """SCAN pattern of every supervisor's heartbeat key under ``prefix``."""
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    return f"{escaped}:supervisor:*"

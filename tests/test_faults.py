@@ -175,7 +175,7 @@ def test_priority_extremes_keep_fifo_and_keep_logs_zero(redis_url: str) -> None:
     assert [i for i, _ in claim(q, 3)] == ids
     job = q.add("y", keep_logs=0)
     [(jid, tok)] = claim(q)
-    assert script(q, "log", jid, tok, 0, "dropped") == 0
+    assert script(q, "log", jid, tok, 0, 1, "dropped") == 0
     assert job.logs() == []
 
 

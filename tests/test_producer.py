@@ -198,7 +198,7 @@ def test_update_data_and_logs_and_get_jobs(redis_url: str) -> None:
     job.update_data({"a": 2})
     assert q.get_job(job.id).data == {"a": 2}  # type: ignore[union-attr]
     [(jid, tok)] = claim(q)
-    n = q._driver.execute(q.core.script("log", jid, tok, 2, "one", "two", "three"))
+    n = q._driver.execute(q.core.script("log", jid, tok, 2, 1, "one", "two", "three"))
     assert n == 2 and job.logs() == ["two", "three"]
     q.add("y")
     q.add("z")

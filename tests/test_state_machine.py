@@ -382,7 +382,7 @@ class JobStateMachine(RuleBasedStateMachine):
             pairs.append(self.stale_target(data))
         args = [x for pair in pairs for x in pair]
         lost = [codec.text(i) for i in self.run("renew", LEASE_MS, *args)]
-        expected = [i for i, t in pairs if self.check_lease(i, t) != 1]
+        expected = [t for i, t in pairs if self.check_lease(i, t) != 1]  # tokens, not ids
         assert lost == expected
 
     @precondition(lambda self: self.ids_in("active"))

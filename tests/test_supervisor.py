@@ -457,7 +457,7 @@ def test_lost_lease_kills_the_child_and_drops_the_result(
         assert r.zscore(f"rqsup:{{{qname}}}:active", job.id) is not None
         r.hset(f"rqsup:{{{qname}}}:job:{job.id}", "token", "stolen")
         wait_until(lambda: not alive(child), "the child running the job killed", 10)
-        sup.wait_log(rf"lease of job {job.id} lost at lease renewal")
+        sup.wait_log(rf"job {job.id} \(attempt 1/1\): lease lost at lease renewal")
         sup.check_running()
         job.refresh()
         assert job.return_value is None and job.finished_on_ms is None

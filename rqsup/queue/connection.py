@@ -39,18 +39,35 @@ def sync_client(url: str | None) -> redis.Redis:
     )
 
 
-def async_client(url: str | None, **extra: Any) -> aredis.Redis:
-    """``extra``: connection options such as ``ssl_ca_certs`` (TLS with a private CA)."""
+def async_client(url: str | None, *, retries: int = _RETRIES, **extra: Any) -> aredis.Redis:
+    """``extra``: connection options such as ``ssl_ca_certs`` (TLS with a private CA).
+
+    ``retries=0`` for a worker: a claim whose reply was lost must not be
+    re-sent behind its back (it would claim a second batch); the worker
+    resends itself and gives back what a lost reply may have claimed."""
     client = aredis.Redis.from_url(
         url or DEFAULT_URL,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=5.0,
-        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
+        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries),
         health_check_interval=30,
         **extra,
     )
     _fast_packing(client)
     return client
+
+
+def without_retries(client: aredis.Redis) -> aredis.Redis:
+    """A client to the same server as ``client`` (same address, credentials and
+    TLS settings), with a pool of its own whose connections never re-send a
+    command (see :func:`async_client`)."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["retry"] = AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 0)
+    own = aredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    sibling = aredis.Redis.from_pool(own)  # closes its pool when closed
+    _fast_packing(sibling)
+    return sibling
 
 
 def _hiredis_pack(self: Any, *args: Any) -> list[bytes]:
@@ -77,6 +94,8 @@ def _fast_packing(client: aredis.Redis) -> None:
 
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+#: Everything a Redis call can raise (see rqsup.queue.faults for what each means).
+REDIS_ERRORS = (redis.RedisError, ConnectionError, OSError)
 
 
 def reraise_if_cancelling() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from rqsup.errors import EncodeError, InvalidOption, JobNotFound, raise_for_code
-from rqsup.keys import QUEUE_SUFFIXES, QueueKeys
+from rqsup.keys import KEY_PREFIXES, QUEUE_SUFFIXES, QueueKeys
 from rqsup.queue import codec
 from rqsup.queue import options as options_mod
 from rqsup.queue.record import JobRecord, fields_of
@@ -81,7 +81,7 @@ class QueueCore:
         self.prefix = prefix
         self.key_list: tuple[str, ...] = (
             *(self.keys.key(s) for s in QUEUE_SUFFIXES),
-            self.keys.job_prefix,
+            *(self.keys.prefixed(p) for p in KEY_PREFIXES),
         )
         defaults = dict(default_job_options or {})
         if "job_id" in defaults:

@@ -119,16 +119,27 @@ class AsyncDriver:
             return await _arun(self.client, *_eval_args(s))
 
     async def _batch(self, reqs: Sequence[Script | Command]) -> list[Any]:
+        return _check(await self.execute_each(reqs))
+
+    async def execute_each(self, reqs: Sequence[Script | Command]) -> list[Any]:
+        """Run requests in one round trip; each one's reply, or the error it
+        raised, in its place (one bad request does not hide the others'
+        replies). Raises only when the round trip itself failed."""
+        if not self.loaded:
+            await self.load_scripts()
         pipe = self.client.pipeline(transaction=False)
         for r in reqs:
             pipe.execute_command(*(_eval_args(r) if isinstance(r, Script) else r.args))
-        results = await pipe.execute(raise_on_error=False)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
         if any(isinstance(r, NoScriptError) for r in results):
             await self.load_scripts()
             for i, res in enumerate(results):
                 if isinstance(res, NoScriptError):
-                    results[i] = await self._script(reqs[i])  # type: ignore[arg-type]
-        return _check(results)
+                    try:
+                        results[i] = await self._script(reqs[i])  # type: ignore[arg-type]
+                    except redis.ResponseError as exc:
+                        results[i] = exc
+        return results
 
     async def drive(self, op: Op[T]) -> T:
         try:

@@ -146,8 +146,15 @@ class JobOptions:
 
     @classmethod
     def from_stored(cls, raw: Mapping[str, Any]) -> JobOptions:
-        """Read options back from a job hash; unknown keys are ignored (newer writer)."""
+        """Read options back from a job hash, checking each one's type (a value
+        of the wrong type raises ValueError naming it: the job is malformed,
+        and must fail alone rather than break whoever reads it). Unknown keys
+        are ignored (a newer writer)."""
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        for name, value in known.items():
+            check = _STORED_CHECKS[name]
+            if value is not None and not check(value):
+                raise ValueError(f"option {name!r} has a bad value: {value!r:.60}")
         return cls(**known)
 
     @property
@@ -158,6 +165,30 @@ class JobOptions:
     def failed_retention(self) -> dict[str, int]:
         return self.keep_failed or dict(DEFAULT_KEEP_FAILED)
 
+
+def _nat(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _retention(v: Any) -> bool:
+    return (isinstance(v, dict) and set(v) <= {"count", "age_ms"}
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= -1
+                    for x in v.values()))
+
+
+#: What each stored option must look like (None is always fine: the default).
+_STORED_CHECKS: dict[str, Any] = {
+    "delay_ms": _nat,
+    "priority": lambda v: _nat(v) and v <= MAX_PRIORITY,
+    "lifo": lambda v: isinstance(v, bool),
+    "attempts": lambda v: _nat(v) and v >= 1,
+    "backoff": lambda v: isinstance(v, dict),
+    "timeout_ms": lambda v: _nat(v) and v > 0,
+    "keep_completed": _retention,
+    "keep_failed": _retention,
+    "keep_logs": _nat,
+    "dedup": lambda v: isinstance(v, dict),
+}
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(JobOptions)}
 _DEFAULTS["keep_completed"] = DEFAULT_KEEP_COMPLETED

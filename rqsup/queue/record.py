@@ -93,8 +93,8 @@ class JobRecord:
             raise MalformedJob(self.id, "field 'opts' is not a JSON object")
         try:
             return JobOptions.from_stored({**defaults, **opts} if defaults else opts)
-        except TypeError as exc:
-            raise MalformedJob(self.id, f"field 'opts' has bad values: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise MalformedJob(self.id, f"field 'opts': {exc}") from None
 
     @property
     def timestamp_ms(self) -> int:

@@ -103,6 +103,17 @@ class Running:
     children_error: str | None = None
     #: add_children calls so far (a resend of one is recognised by its number).
     children_calls: int = 0
+    #: log calls so far (log.lua skips a resend of one it applied).
+    log_calls: int = 0
+    #: The attempt this run is (1-based) and how many the job has.
+    attempt: int = 1
+    attempts: int = 1
+    #: The error of a failed attempt (type, message) and the retry delay chosen
+    #: (-1: none), for the log line written when Redis acknowledged it.
+    error: tuple[str, str] | None = None
+    retry_delay_ms: int = -1
+    #: Why the worker stopped the job (lease lost, timed out, shutdown ...).
+    stop_reason: str | None = None
 
     @property
     def id(self) -> str:

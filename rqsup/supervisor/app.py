@@ -2,9 +2,11 @@
 
 One asyncio loop runs the worker of every queue (dispatch, group-committed
 writes, child pools), one lease renewer for all of them (one pipelined call
-per interval), the stall sweepers, health (loop lag, Redis, pools), and
-systemd notification. Signal handlers only record an intent; this loop
-does the work.
+per interval), the stall sweepers, the scheduler loop, health (loop lag,
+Redis, pools, the tree), the heartbeat and systemd notification; every one
+of them under the supervision tree (:mod:`.tree`), which restarts what
+crashes and gives back what it held. Signal handlers only record an
+intent; this loop does the work.
 """
 
 from __future__ import annotations
@@ -13,23 +15,36 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
-from typing import Any
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 
 from rqsup.config import Config, QueueConfig, SandboxConfig, load_config
 from rqsup.errors import ConfigError, InvalidOption
-from rqsup.queue.connection import CONNECTION_ERRORS, async_client
+from rqsup.queue.connection import REDIS_ERRORS, async_client
 from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import AsyncDriver
+from rqsup.queue.faults import Episode
 from rqsup.sdnotify import Notifier
 from rqsup.supervisor import maintenance, schedules
-from rqsup.supervisor.health import Identity, LagMonitor, setup_logging
+from rqsup.supervisor.health import LagMonitor, setup_logging
+from rqsup.supervisor.identity import Identity, NameInUse
 from rqsup.supervisor.pool import SandboxSettings, forkserver_context
+from rqsup.supervisor.status import StatusReporter
+from rqsup.supervisor.tree import Supervised, Tree
 from rqsup.supervisor.worker import Worker
 
 log = logging.getLogger("rqsup.supervisor")
+T = TypeVar("T")
+
+#: While Redis is unreachable at start: a log line this often.
+WAIT_LOG_EVERY_S = 5.0
+
+
+class StopRequested(Exception):
+    """A stop signal came while the supervisor was still starting."""
 
 
 def sandbox_settings(sb: SandboxConfig) -> SandboxSettings:
@@ -60,18 +75,22 @@ class Supervisor:
         self.config = config
         self.notifier = Notifier.from_env()
         self.lag = LagMonitor()
+        self.restart_counts: Counter[str] = Counter()
+        self.tree = Tree(on_restart=lambda e: self.restart_counts.update([e.name]))
         self.workers: dict[str, Worker] = {}
-        self.worker_tasks: dict[str, asyncio.Task[None]] = {}
-        self.retiring: set[asyncio.Task[None]] = set()
+        self.worker_runs: dict[str, asyncio.Task[None]] = {}
+        #: Workers of queues removed or changed by a reload, draining.
+        self.retiring: dict[Worker, asyncio.Task[None]] = {}
         self.stop_requests = 0
         self.intent = asyncio.Event()
         self.reload_requested = False
-        self.redis_ok_at = time.monotonic()
         self.generation = 0
         self.private: Any = None
         self.client: aredis.Redis | None = None
+        self.identity: Identity | None = None
         self.ctx: Any = None
         self.scheduler_loop: schedules.SchedulerLoop | None = None
+        self.status = StatusReporter(self)
 
     # -- signals: record an intent, nothing more ----------------------------------
 
@@ -86,42 +105,83 @@ class Supervisor:
         self.reload_requested = True
         self.intent.set()
 
+    async def _pause(self, delay_s: float) -> None:
+        """Sleep during start, ending at once (StopRequested) on a stop signal."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.intent.wait(), delay_s)
+        if self.stop_requests:
+            raise StopRequested
+
     # -- start ----------------------------------------------------------------------
 
-    async def _redis_url(self) -> str:
+    def _tls(self) -> dict[str, Any]:
         rc = self.config.redis
-        tls: dict[str, Any] = {"ssl_ca_certs": str(rc.ssl_ca_certs)} if rc.ssl_ca_certs else {}
-        probe = aredis.Redis.from_url(rc.url, socket_connect_timeout=2, socket_timeout=2, **tls)
+        return {"ssl_ca_certs": str(rc.ssl_ca_certs)} if rc.ssl_ca_certs else {}
+
+    async def _probe(self, url: str) -> None:
+        probe = aredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2,
+                                      **self._tls())
         try:
             await probe.ping()
-            return rc.url
-        except CONNECTION_ERRORS as exc:
-            if not rc.start_private:
-                raise RuntimeError(f"Redis at {rc.redacted_url} is unreachable: {exc}") from None
-            # On the configured local port when there is one, so producers using
-            # the same config reach it; otherwise on a unix socket.
-            from urllib.parse import urlparse
-
-            from rqsup.redis_server import RedisServer
-
-            u = urlparse(rc.url)
-            local = u.scheme == "redis" and u.hostname in ("127.0.0.1", "localhost") and u.port
-            self.private = RedisServer(rc.private_dir, unix_socket=not local,
-                                       port=u.port if local else None).start()
-            url = str(self.private.url)
-            if local and u.path not in ("", "/"):
-                url += u.path  # keep the database number
-            log.warning("Redis at %s is unreachable; started a private redis-server at %s "
-                        "(data in %s); it stops when the supervisor exits", rc.redacted_url,
-                        self.private.url, rc.private_dir)
-            return url
         finally:
             await probe.aclose()
 
+    async def _redis_url(self) -> str:
+        """The URL to use once Redis answers: waits while it does not (logging
+        every few seconds, without READY=1), unless the config lets us start a
+        private redis-server instead."""
+        rc = self.config.redis
+        episode = Episode(f"supervisor {self.config.supervisor.name}: waiting for Redis at "
+                          f"{rc.redacted_url}", log, first_s=0.1, max_s=2.0,
+                          remind_s=WAIT_LOG_EVERY_S)
+        while True:
+            try:
+                await self._probe(rc.url)
+                episode.ok()
+                return rc.url
+            except REDIS_ERRORS as exc:
+                if rc.start_private:
+                    return self._start_private()
+                self.notifier.status(f"waiting for Redis at {rc.redacted_url}: {exc}")
+                self.notifier.watchdog()  # alive, waiting: not wedged
+                await self._pause(episode.note(exc))
+
+    def _start_private(self) -> str:
+        # On the configured local port when there is one, so producers using
+        # the same config reach it; otherwise on a unix socket.
+        from urllib.parse import urlparse
+
+        from rqsup.redis_server import RedisServer
+
+        rc = self.config.redis
+        u = urlparse(rc.url)
+        local = u.scheme == "redis" and u.hostname in ("127.0.0.1", "localhost") and u.port
+        self.private = RedisServer(rc.private_dir, unix_socket=not local,
+                                   port=u.port if local else None).start()
+        url = str(self.private.url)
+        if local and u.path not in ("", "/"):
+            url += u.path  # keep the database number
+        log.warning("Redis at %s is unreachable; started a private redis-server at %s "
+                    "(data in %s); it stops when the supervisor exits", rc.redacted_url,
+                    self.private.url, rc.private_dir)
+        return url
+
+    async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
+        """Run a start step, retrying while Redis fails (a stop signal ends it)."""
+        episode = Episode(f"supervisor {self.config.supervisor.name}: {what}", log,
+                          first_s=0.1, max_s=5.0)
+        while True:
+            try:
+                result = await step()
+                episode.ok()
+                return result
+            except REDIS_ERRORS as exc:
+                await self._pause(episode.note(exc))
+
     def _make_worker(self, q: QueueConfig) -> Worker:
         s = self.config.supervisor
-        assert self.client is not None
-        return Worker(
+        assert self.client is not None and self.identity is not None
+        w = Worker(
             q.name, q.processor, connection=self.client, prefix=self.config.redis.prefix,
             mode=q.mode, concurrency=q.concurrency, lease_s=s.lease_s,
             renew_interval_s=s.renew_interval_s, stall_interval_s=s.stall_interval_s,
@@ -130,6 +190,8 @@ class Supervisor:
             worker_id=f"{self.identity.worker_id}.{self.generation}", forkserver=self.ctx,
             own_renewer=False,
         )
+        w.tree = self.tree
+        return w
 
     async def _apply_limits(self, q: QueueConfig) -> None:
         """Queue-wide limits from the config (a queue without them in the config
@@ -144,7 +206,8 @@ class Supervisor:
         log.info("queue %s: queue-wide limits %s", q.name, limits)
 
     async def _start_queue(self, q: QueueConfig) -> None:
-        await self._apply_limits(q)
+        await self._retrying(f"queue {q.name}: applying its limits",
+                             lambda: self._apply_limits(q))
         try:
             w = self._make_worker(q)
         except InvalidOption as exc:
@@ -152,11 +215,18 @@ class Supervisor:
             return
         await w.prepare()
         self.workers[q.name] = w
-        self.worker_tasks[q.name] = asyncio.create_task(w.run(), name=f"rqsup worker {q.name}")
+        run = asyncio.create_task(w.run(), name=f"rqsup worker {q.name}")
+        run.add_done_callback(self._worker_ended)
+        self.worker_runs[q.name] = run
+
+    @staticmethod
+    def _worker_ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s ended with an error", task.get_name(), exc_info=task.exception())
 
     async def _recover(self) -> None:
         """Requeue at once what our previous incarnations left active."""
-        assert self.client is not None
+        assert self.client is not None and self.identity is not None
         driver = AsyncDriver(self.client)
         for q in self.config.queues:
             core = QueueCore(q.name, self.config.redis.prefix)
@@ -166,6 +236,43 @@ class Supervisor:
                 log.warning("queue %s: requeued %d job(s) left active by a previous run of "
                             "supervisor %s: %s", q.name, len(ids), self.config.supervisor.name,
                             [i.decode() if isinstance(i, bytes) else i for i in ids])
+
+    async def _start(self) -> None:
+        cfg = self.config
+        url = await self._redis_url()
+        self.client = async_client(url, retries=0, **self._tls())
+        ttl = max(3 * cfg.supervisor.renew_interval_s, 5.0)
+        self.identity = Identity(self.client, cfg.redis.prefix, cfg.supervisor.name, ttl)
+        identity = self.identity
+        await self._retrying("claiming its name", lambda: identity.claim(wait_s=2 * ttl + 1))
+        await self._retrying("requeueing what a previous run left", self._recover)
+        client = self.client
+        self.scheduler_loop = await self._retrying("upserting schedulers",
+                                                   lambda: schedules.start(client, cfg))
+        preload = sorted({q.processor.partition(":")[0] for q in cfg.queues
+                          if q.mode == "process"})
+        self.ctx = forkserver_context(preload)
+        await asyncio.gather(*(self._start_queue(q) for q in cfg.queues))
+
+    def _start_timers(self) -> list[Supervised]:
+        s = self.config.supervisor
+        t = self.tree
+        timers = [
+            t.start("loop lag", self.lag.run),
+            t.start("lease renewer", lambda: maintenance.renew_forever(
+                self.all_workers, s.renew_interval_s, "lease renewer")),
+            t.start("heartbeat", self.status.heartbeat_loop),
+            t.start("status", self.status.status_loop),
+        ]
+        if self.notifier.watchdog_interval_s is not None:
+            timers.append(t.start("watchdog", self.status.watchdog_loop))
+        if self.scheduler_loop is not None:
+            timers.append(t.start("scheduler loop", self.scheduler_loop.run))
+        return timers
+
+    def all_workers(self) -> list[Worker]:
+        """Every worker whose leases need renewing, draining ones included."""
+        return [*self.workers.values(), *self.retiring]
 
     async def main(self) -> int:
         cfg = self.config
@@ -179,26 +286,19 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         try:
-            url = await self._redis_url()
-            tls = {"ssl_ca_certs": str(cfg.redis.ssl_ca_certs)} if cfg.redis.ssl_ca_certs else {}
-            self.client = async_client(url, **tls)
-            ttl = max(3 * cfg.supervisor.renew_interval_s, 5.0)
-            self.identity = Identity(self.client, cfg.redis.prefix, name, ttl)
-            await self.identity.claim(wait_s=2 * ttl + 1)
-            await self._recover()
-            self.scheduler_loop = await schedules.start(self.client, cfg)
-            preload = sorted({q.processor.partition(":")[0] for q in cfg.queues
-                              if q.mode == "process"})
-            self.ctx = forkserver_context(preload)
-            await asyncio.gather(*(self._start_queue(q) for q in cfg.queues))
-        except (RuntimeError, *CONNECTION_ERRORS) as exc:
+            await self._start()
+        except StopRequested:
+            log.info("supervisor %s: stopped before it was ready", name)
+            await self._shutdown(starting=True)
+            await self._cleanup()
+            return 0
+        except (RuntimeError, NameInUse) as exc:
             log.error("supervisor %s cannot start: %s", name, exc)
+            await self._shutdown(starting=True)
             await self._cleanup()
             return 1
-        timers = [asyncio.create_task(c) for c in (
-            self.lag.run(), self._renewer(), self._status_loop(), self._watchdog_loop(),
-            self.scheduler_loop.run())]
-        self.notifier.ready(self._status_text())
+        timers = self._start_timers()
+        self.notifier.ready(self.status.text())
         log.info("supervisor %s ready: %d queue(s) %s", name, len(self.workers),
                  ", ".join(f"{w.queue_name} ({w.mode} x{w.concurrency})"
                            for w in self.workers.values()))
@@ -214,19 +314,20 @@ class Supervisor:
             await self._shutdown()
         finally:
             for t in timers:
-                t.cancel()
+                await self.tree.stop(t)
             await self._cleanup()
         return 0
 
     # -- stop and reload --------------------------------------------------------
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, *, starting: bool = False) -> None:
         grace = self.config.supervisor.shutdown_grace_s
-        self.notifier.stopping(f"stopping: draining for up to {grace:g}s")
-        _title(f"rqsup: supervisor {self.config.supervisor.name} stopping")
-        log.info("stopping: no more claims; running jobs get up to %gs", grace)
+        if not starting:
+            self.notifier.stopping(f"stopping: draining for up to {grace:g}s")
+            _title(f"rqsup: supervisor {self.config.supervisor.name} stopping")
+            log.info("stopping: no more claims; running jobs get up to %gs", grace)
         closing = [asyncio.create_task(w.close(grace)) for w in self.workers.values()]
-        pending: set[asyncio.Task[Any]] = set(closing) | set(self.retiring)
+        pending: set[asyncio.Task[Any]] = set(closing) | set(self.retiring.values())
         while pending:
             stop = asyncio.create_task(self.intent.wait())
             _done, pending = await asyncio.wait(pending | {stop},
@@ -237,10 +338,13 @@ class Supervisor:
                 self.intent.clear()
                 if self.stop_requests > 1:
                     log.warning("quick shutdown: cutting running jobs short")
-                    for w in self.workers.values():
+                    for w in self.all_workers():
                         w.hurry()
-        await asyncio.gather(*self.worker_tasks.values(), return_exceptions=True)
-        log.info("supervisor %s stopped", self.config.supervisor.name)
+        for run in self.worker_runs.values():
+            with contextlib.suppress(Exception):
+                await run
+        if not starting:
+            log.info("supervisor %s stopped", self.config.supervisor.name)
 
     async def _reload(self) -> None:
         self.notifier.reloading("reloading config")
@@ -248,7 +352,7 @@ class Supervisor:
             new = load_config(self.config.path)
         except (ConfigError, OSError) as exc:
             log.error("reload: the new config is invalid; keeping the running one: %s", exc)
-            self.notifier.ready(self._status_text())
+            self.notifier.ready(self.status.text())
             return
         if new.redis != self.config.redis or new.supervisor != self.config.supervisor:
             log.warning("reload: [redis] and [supervisor] changes need a restart; "
@@ -260,115 +364,48 @@ class Supervisor:
         if self.scheduler_loop is not None and self.client is not None:
             await schedules.reload(self.scheduler_loop, self.client, self.config)
         self.generation += 1
-        for q in new.queues:
-            w = self.workers.get(q.name)
-            if q.name in old and old[q.name] == q and w is not None:
-                if w.pool is not None:
-                    w.pool.replace_all()  # same settings: fresh children, gracefully
-                continue
-            if w is not None:
-                self._retire(q.name)
-            await self._start_queue(q)
-            log.info("reload: queue %s (re)started", q.name)
+        try:
+            for q in new.queues:
+                w = self.workers.get(q.name)
+                if q.name in old and old[q.name] == q and w is not None:
+                    if w.pool is not None:
+                        w.pool.replace_all()  # same settings: fresh children, gracefully
+                    continue
+                if w is not None:
+                    self._retire(q.name)
+                await self._start_queue(q)
+                log.info("reload: queue %s (re)started", q.name)
+        except StopRequested:
+            self.intent.set()  # the main loop sees the stop and shuts down
         for name in set(old) - {q.name for q in new.queues}:
             self._retire(name)
             log.info("reload: queue %s removed", name)
-        self.notifier.ready(self._status_text())
+        self.notifier.ready(self.status.text())
 
     def _retire(self, name: str) -> None:
         """Close an old worker in the background; its jobs finish or go back."""
         w = self.workers.pop(name)
-        task = self.worker_tasks.pop(name)
+        run = self.worker_runs.pop(name)
 
         async def go() -> None:
-            await w.close(self.config.supervisor.shutdown_grace_s)
-            await task
+            try:
+                await w.close(self.config.supervisor.shutdown_grace_s)
+                with contextlib.suppress(Exception):
+                    await run
+            finally:
+                self.retiring.pop(w, None)
 
-        t = asyncio.create_task(go())
-        self.retiring.add(t)
-        t.add_done_callback(self.retiring.discard)
+        self.retiring[w] = asyncio.create_task(go())
 
     async def _cleanup(self) -> None:
         if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.identity.release()
+            if self.identity is not None:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self.identity.release()
             with contextlib.suppress(Exception):
                 await self.client.aclose()
         if self.private is not None:
             self.private.stop()
-
-    # -- timers ----------------------------------------------------------------
-
-    async def _renewer(self) -> None:
-        s = self.config.supervisor
-        while True:
-            await asyncio.sleep(s.renew_interval_s)
-            await maintenance.renew_all(list(self.workers.values()))
-            try:
-                await self.identity.heartbeat()
-                self.redis_ok_at = time.monotonic()
-            except CONNECTION_ERRORS as exc:
-                log.warning("heartbeat failed: %s", exc)
-
-    async def _waiting(self) -> int | None:
-        """Jobs ready to run across our queues (wait + prioritized); None if
-        Redis did not answer."""
-        if self.client is None or not self.workers:
-            return 0
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for w in self.workers.values():
-                    pipe.llen(w.core.keys.wait)
-                    pipe.zcard(w.core.keys.prioritized)
-                return sum(int(n) for n in await pipe.execute())
-        except CONNECTION_ERRORS:
-            return None
-
-    def _status_text(self, waiting: int | None = None) -> str:
-        running = sum(w.busy_count() for w in self.workers.values())
-        failed = [w.queue_name for w in self.workers.values()
-                  if w.pool is not None and w.pool.failed]
-        text = f"{running} running"
-        if waiting is not None:
-            text += f", {waiting} waiting"
-        text += f", loop lag p99 {self.lag.p99_ms():.1f} ms"
-        if failed:
-            text += f", processor failed: {', '.join(failed)}"
-        return text
-
-    async def _status_loop(self) -> None:
-        """The process title every second; the status line every status interval."""
-        s = self.config.supervisor
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(min(s.status_interval_s, 1.0))
-            running = sum(w.busy_count() for w in self.workers.values())
-            _title(f"rqsup: supervisor {s.name} ({running} running)")
-            if time.monotonic() - last >= s.status_interval_s:
-                last = time.monotonic()
-                text = self._status_text(await self._waiting())
-                self.notifier.status(text)
-                log.info("status: %s", text)
-
-    def healthy(self) -> bool:
-        s = self.config.supervisor
-        if self.lag.max_recent_s() > s.max_loop_lag_s:
-            return False
-        if time.monotonic() - self.redis_ok_at > max(3 * s.renew_interval_s, 10.0):
-            return False
-        pools = [w.pool for w in self.workers.values() if w.pool is not None]
-        return not pools or any(p.failed is None for p in pools)
-
-    async def _watchdog_loop(self) -> None:
-        interval = self.notifier.watchdog_interval_s
-        if interval is None:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            if self.healthy():
-                self.notifier.watchdog()
-            else:
-                log.warning("unhealthy (loop lag, Redis or pools): withholding WATCHDOG=1")
 
 
 def run_supervisor(config: Config) -> int:

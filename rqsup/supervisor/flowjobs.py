@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rqsup.errors import EncodeError, InvalidOption
 from rqsup.queue import codec
-from rqsup.queue.connection import CONNECTION_ERRORS, reraise_if_cancelling
+from rqsup.queue.connection import REDIS_ERRORS, reraise_if_cancelling
 from rqsup.queue.flows import FlowCore, job_ref
 from rqsup.queue.record import fields_of
 from rqsup.queue.scripts import Batch, Command
@@ -40,7 +40,7 @@ async def fetch(w: Worker, r: Running) -> FlowInfo:
     while True:
         try:
             processed, ignored = await w.driver.execute(reqs)
-        except CONNECTION_ERRORS:
+        except REDIS_ERRORS:
             reraise_if_cancelling()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -112,7 +112,9 @@ def wait_children(w: Worker, r: Running) -> None:
     if r.lost:
         return
     if r.children_error:
-        w._fail(r, children_error_info(r))
+        from rqsup.supervisor import jobrun
+
+        jobrun.fail(w, r, children_error_info(r))
         return
     keep = r.options.failed_retention
     r.finished = True

@@ -1,4 +1,4 @@
-"""Health of the supervisor: event-loop lag, its identity in Redis, log setup.
+"""Health of the supervisor: event-loop lag, and log setup.
 
 The loop lag is how late a 50 ms timer fires: the one number that says
 whether the supervisor can still renew leases and answer systemd on time.
@@ -9,16 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import socket
 import sys
 import time
-import uuid
 from collections import deque
-from typing import Any
 
-import psutil
-import redis.asyncio as aredis
+from rqsup.supervisor.joblog import FIELDS
 
 log = logging.getLogger("rqsup.supervisor")
 
@@ -52,75 +47,6 @@ class LagMonitor:
         return max([*recent, stalled, 0.0])
 
 
-class Identity:
-    """A supervisor's stable name in Redis, with a liveness key per incarnation.
-
-    Worker ids are ``<name>@<incarnation>``: on start, once the previous
-    incarnation is known to be gone, its jobs are requeued at once.
-    """
-
-    def __init__(self, client: aredis.Redis, prefix: str, name: str, ttl_s: float) -> None:
-        self.client = client
-        self.name = name
-        self.key = f"{prefix}:supervisor:{name}"
-        self.ttl_ms = round(ttl_s * 1000)
-        self.incarnation = uuid.uuid4().hex[:10]
-        self.host = socket.gethostname()
-        self.worker_prefix = f"{name}@"
-        self.worker_id = f"{name}@{self.incarnation}"
-
-    def _value(self) -> str:
-        return json.dumps({"host": self.host, "pid": os.getpid(),
-                           "incarnation": self.incarnation, "at": time.time()})
-
-    async def claim(self, wait_s: float) -> None:
-        """Wait until no other incarnation of this name is alive; then take the name.
-        A previous incarnation on this host whose pid is gone counts as gone at once."""
-        deadline = time.monotonic() + wait_s
-        warned = False
-        while True:
-            raw: Any = await self.client.get(self.key)
-            if raw is None or self._gone(raw):
-                await self.client.set(self.key, self._value(), px=self.ttl_ms)
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"supervisor name {self.name!r} is in use by a live supervisor "
-                    f"({raw.decode(errors='replace')}); give each supervisor its own name"
-                )
-            if not warned:
-                log.warning("supervisor %s: a previous incarnation may still be alive (%s); "
-                            "waiting for its liveness key to expire", self.name,
-                            raw.decode(errors="replace"))
-                warned = True
-            await asyncio.sleep(0.25)
-
-    def _gone(self, raw: bytes) -> bool:
-        try:
-            info: dict[str, Any] = json.loads(raw)
-        except ValueError:
-            return True
-        if info.get("host") != self.host:
-            return False  # another host: only the key's expiry tells
-        pid = int(info.get("pid", 0))
-        if pid == os.getpid():
-            return True
-        try:
-            proc = psutil.Process(pid)
-            alive = proc.status() != psutil.STATUS_ZOMBIE
-            return not (alive and "rqsup" in " ".join(proc.cmdline()))
-        except psutil.Error:
-            return True
-
-    async def heartbeat(self) -> None:
-        await self.client.set(self.key, self._value(), px=self.ttl_ms)
-
-    async def release(self) -> None:
-        raw: Any = await self.client.get(self.key)
-        if raw is not None and self.incarnation in raw.decode(errors="replace"):
-            await self.client.delete(self.key)
-
-
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -129,6 +55,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                out[name] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)

@@ -1,7 +1,9 @@
 """The worker's timers: lease renewal, the stall sweep, and the idle wait for work.
 
 Each is a loop of its own so that none waits behind another: a slow sweep
-never delays a renewal.
+never delays a renewal. No Redis error ends one: each keeps an
+:class:`~rqsup.queue.faults.Episode` that logs an outage once and its end
+once, and retries with backoff.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from rqsup.queue import codec
-from rqsup.queue.connection import CONNECTION_ERRORS, reraise_if_cancelling
+from rqsup.queue.connection import REDIS_ERRORS, reraise_if_cancelling
+from rqsup.queue.faults import Episode
 from rqsup.queue.options import DEFAULT_KEEP_FAILED
-from rqsup.queue.scripts import Batch, Script
+from rqsup.queue.scripts import Script
 
 if TYPE_CHECKING:
     from rqsup.supervisor.worker import Worker
@@ -37,42 +40,63 @@ def renew_request(w: Worker) -> Script | None:
 
 
 def apply_renew_reply(w: Worker, lost: list[Any]) -> None:
+    """``lost``: tokens whose lease is gone. A job whose outcome is already on
+    its way is not "lost": its end was simply faster than the renewal."""
     w.renewals += 1
-    by_id = {r.id: r for r in w.running.values()}
-    for job_id in lost:
-        hit = by_id.get(codec.text(job_id))
-        if hit is not None:
-            w.on_lease_lost(hit.id, hit.token, "at lease renewal")
+    for token in lost:
+        r = w.running.get(codec.text(token))
+        if r is not None and not r.finished:
+            w.on_lease_lost(r, "at lease renewal")
 
 
-async def renew_all(workers: list[Worker]) -> bool:
+async def renew_all(workers: list[Worker], episode: Episode) -> bool:
     """One pipelined round trip renews the leases of every worker given (the
     supervisor's renewer: all queues, one call). False if Redis failed."""
     reqs = [(w, req) for w in workers if (req := renew_request(w)) is not None]
     if not reqs:
         return True
     try:
-        replies = await workers[0].driver.execute(Batch([req for _w, req in reqs]))
-    except CONNECTION_ERRORS as exc:
+        replies = await workers[0].driver.execute_each([req for _w, req in reqs])
+    except REDIS_ERRORS as exc:
         reraise_if_cancelling()
-        log.warning("lease renewal failed (%s); retrying", exc)
+        episode.note(exc)
         return False
+    ok = True
     for (w, _req), lost in zip(reqs, replies, strict=True):
-        apply_renew_reply(w, lost)
-    return True
+        if isinstance(lost, BaseException):
+            episode.note(lost)
+            ok = False
+        else:
+            apply_renew_reply(w, lost)
+    if ok:
+        episode.ok()
+    return ok
+
+
+async def renew_forever(workers: Any, interval_s: float, what: str) -> None:
+    """Renew every ``interval_s``; after a failure, retry soon (with backoff)
+    instead of a whole interval later. ``workers()`` lists the workers now."""
+    episode = Episode(what, log, first_s=min(0.1, interval_s / 4), max_s=interval_s)
+    delay = interval_s
+    while True:
+        await asyncio.sleep(delay)
+        if await renew_all(list(workers()), episode):
+            delay = interval_s
+        else:
+            delay = min(episode.next_delay_s, interval_s)
 
 
 async def renew_leases(w: Worker) -> None:
     """Renew every lease this worker holds, in one call, every renew interval."""
-    while True:
-        await asyncio.sleep(w.renew_interval_s)
-        await renew_all([w])
+    await renew_forever(lambda: [w], w.renew_interval_s,
+                        f"queue {w.queue_name}: renewing leases")
 
 
 async def sweep_stalled(w: Worker) -> None:
     """Requeue jobs whose lease expired; at most one sweep per interval cluster-wide."""
     interval_ms = round(w.stall_interval_s * 1000)
     keep = DEFAULT_KEEP_FAILED
+    episode = Episode(f"queue {w.queue_name}: stall sweep", log)
     while True:
         try:
             _swept, requeued, failed = await w.driver.execute(
@@ -82,14 +106,15 @@ async def sweep_stalled(w: Worker) -> None:
                     keep["count"], keep["age_ms"],
                 )
             )
+            episode.ok()
             if requeued or failed:
                 log.warning(
                     "queue %s: stalled jobs requeued %s, failed %s", w.queue_name,
                     [codec.text(i) for i in requeued], [codec.text(i) for i in failed],
                 )
-        except CONNECTION_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             reraise_if_cancelling()
-            log.warning("queue %s: stall sweep failed (%s)", w.queue_name, exc)
+            episode.note(exc)
         # Jitter spreads the sweepers of many workers over the interval.
         await asyncio.sleep(w.stall_interval_s * random.uniform(0.5, 1.0))
 
@@ -98,15 +123,22 @@ def handed_off(w: Worker, member: bytes) -> None:
     """An add claimed a job for us and woke us with it (add.lua, hand-off)."""
     if not member.startswith(b"[") or not w.claiming:
         return  # a stop wake; or closing: the job is given back with the rest
-    job_id, token, fields = orjson.loads(member)
-    w.start_job(job_id, token, fields)
+    try:
+        job_id, token, fields = orjson.loads(member)
+    except (ValueError, TypeError):
+        log.error("queue %s: unreadable hand-off %r; giving back what it held",
+                  w.queue_name, member[:80])
+        w.pump.check_orphans = True
+        w.pump.wake.set()
+        return
+    w.start_job(str(job_id), str(token), fields)
 
 
 async def wait_for_work(w: Worker) -> None:
     """While the queue looks drained, block on the marker until an add (or a due
     delayed job) may have made work; never sleep-and-poll."""
-    backoff_s = 0.05
     pump = w.pump
+    episode = Episode(f"queue {w.queue_name}: waiting for work", log)
     while w.claiming:
         await pump.idle.wait()
         if not w.claiming:
@@ -120,13 +152,13 @@ async def wait_for_work(w: Worker) -> None:
                     [w.wake_key, w.core.keys.marker], max(timeout_s, 0.001)
                 )
                 reraise_if_cancelling()
+                episode.ok()
                 if popped and codec.text(popped[0]) == w.wake_key:
                     handed_off(w, popped[1])
-                backoff_s = 0.05
-            except CONNECTION_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 reraise_if_cancelling()
-                log.warning("queue %s: waiting for work failed (%s); retrying in %.2fs",
-                            w.queue_name, exc, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                # The pop may have taken a hand-off whose reply we lost: the job
+                # is active under our id; the pump's orphan check gives it back.
+                pump.check_orphans = True
+                await episode.failed(exc)
         pump.want_claim()

@@ -18,10 +18,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rqsup.sandbox.child import ChildSpec
 from rqsup.supervisor.child import Child, ChildCrashed, ChildJobError
+
+if TYPE_CHECKING:
+    from rqsup.supervisor.tree import Supervised, Tree
 
 log = logging.getLogger("rqsup.pool")
 
@@ -105,7 +108,8 @@ class ChildPool:
         self.crashes = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._generation = 0
-        self._guard: asyncio.Task[None] | None = None
+        self._guard: Supervised | None = None
+        self._tree: Tree | None = None
         #: Called when a child booted (the worker may claim again).
         self.on_recovered: Callable[[], None] | None = None
         self._first_round = asyncio.Event()
@@ -113,14 +117,16 @@ class ChildPool:
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, tree: Tree) -> None:
         """Boot every slot; returns once each slot booted or failed a first time
-        (a broken processor must not hold up the supervisor's other queues)."""
+        (a broken processor must not hold up the supervisor's other queues).
+        The memory guard runs under ``tree`` (restarted if it crashes)."""
         self._attempts_left = self.size
         for slot in range(self.size):
-            self._spawn(self._fill(slot))
+            self._spawn(self._fill(slot), slot)
         await self._first_round.wait()
-        self._guard = asyncio.create_task(self._watch(), name=f"rqsup guard {self.queue}")
+        self._tree = tree
+        self._guard = tree.start(f"memory guard {self.queue}", self._watch, queue=self.queue)
 
     def healthy(self) -> bool:
         """Claim only with a live child to run the job (none while booting fails)."""
@@ -133,8 +139,8 @@ class ChildPool:
     async def close(self) -> None:
         """Stop every child (busy ones are killed: the worker gave their jobs back)."""
         self.closing = True
-        if self._guard:
-            self._guard.cancel()
+        if self._guard is not None and self._tree is not None:
+            await self._tree.stop(self._guard)
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(
@@ -156,11 +162,12 @@ class ChildPool:
     async def run(
         self, job_id: str, name: str, data_text: str, attempts_made: int,
         sink: Callable[[str, str], None], on_dispatch: Callable[[], None] | None = None,
-        flow: str | None = None,
+        flow: str | None = None, why: Callable[[], str] | None = None,
     ) -> str:
         """Run one job in a child; its result as JSON text. Raises ChildJobError
         (the processor raised), ChildCrashed (the child died); a cancel (timeout,
-        lease lost, shutdown) kills the child's process group."""
+        lease lost, shutdown: ``why()`` says which) kills the child's process
+        group."""
         self.waiting += 1
         try:
             child = await self.idle.get()
@@ -180,7 +187,7 @@ class ChildPool:
             result = await child.run(job_id, name, data_text, attempts_made, sink, flow)
             self._timed(began)
         except asyncio.CancelledError:
-            self._retire(child, f"job {job_id} cancelled", kill=True)
+            self._retire(child, f"job {job_id} {why() if why else 'cancelled'}", kill=True)
             raise
         except ChildCrashed:
             self.crashes += 1
@@ -226,12 +233,24 @@ class ChildPool:
             if not self.closing:
                 await self._fill(child.slot)
 
-        self._spawn(go())
+        self._spawn(go(), child.slot)
 
-    def _spawn(self, coro: Any) -> None:
-        t = asyncio.create_task(coro)
+    def _spawn(self, coro: Any, slot: int) -> None:
+        """Run a boot or retire task; one that crashes (a bug) is logged and its
+        slot filled again, so the pool never silently shrinks."""
+        t = asyncio.create_task(coro, name=f"rqsup pool {self.queue}#{slot}")
         self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._tasks.discard(task)
+            if task.cancelled() or task.exception() is None or self.closing:
+                return
+            log.error("queue %s: managing child slot #%d failed; booting it again", self.queue,
+                      slot, exc_info=task.exception())
+            if self.children[slot] is None:
+                self._spawn(self._fill(slot), slot)
+
+        t.add_done_callback(done)
 
     # -- booting ----------------------------------------------------------------
 

@@ -1,10 +1,15 @@
 """The worker loop: claim with a fenced lease, run the processor, write the outcome.
 
-``Worker`` runs inline coroutines (mode "async") or plain functions in
-threads (mode "thread") inside the current event loop; the supervisor
-(process mode) builds on the same parts. All Redis writes for jobs go
-through the :class:`~rqsup.supervisor.pump.Pump`; leases are renewed by a
-timer of their own, so a busy processor never loses its lease.
+``Worker`` runs inline coroutines (mode "async"), plain functions in threads
+(mode "thread") or in sandboxed child processes (mode "process") from the
+current event loop. All Redis writes for jobs go through the
+:class:`~rqsup.supervisor.pump.Pump`; leases are renewed by a timer of their
+own, so a busy processor never loses its lease.
+
+Every loop of a worker runs under a supervision tree (:mod:`.tree`): the
+supervisor's, or the worker's own when it runs alone. When the worker's
+pump or idle wait crashes, everything it held goes back to the queue at once
+(counted as a stall), it takes a fresh worker id, and it starts again.
 """
 
 from __future__ import annotations
@@ -24,21 +29,21 @@ from typing import Any
 import redis.asyncio as aredis
 
 from rqsup import backoff
-from rqsup.errors import Code, EncodeError, InvalidOption, MalformedJob, WaitingChildren, error_info
+from rqsup.errors import Code, InvalidOption
 from rqsup.queue import codec
-from rqsup.queue.connection import CONNECTION_ERRORS, async_client
+from rqsup.queue.connection import REDIS_ERRORS, async_client, without_retries
 from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import AsyncDriver
-from rqsup.queue.options import JobOptions
+from rqsup.queue.faults import Episode
 from rqsup.queue.options import build as build_options
-from rqsup.queue.record import JobRecord, fields_of
-from rqsup.supervisor import flowjobs, maintenance
+from rqsup.supervisor import jobrun, maintenance
 from rqsup.supervisor.active import ActiveJob, Running
-from rqsup.supervisor.child import ChildJobError
-from rqsup.supervisor.pool import ChildPool, NotDispatched, SandboxSettings
-from rqsup.supervisor.processors import JobTimedOut, RawJSON, load_processor
+from rqsup.supervisor.joblog import job_line, seconds
+from rqsup.supervisor.pool import ChildPool, SandboxSettings
+from rqsup.supervisor.processors import load_processor
 from rqsup.supervisor.pump import Pump
 from rqsup.supervisor.threads import ThreadRunner
+from rqsup.supervisor.tree import Supervised, Tree
 
 log = logging.getLogger("rqsup.worker")
 
@@ -128,17 +133,23 @@ class Worker:
         self.block_timeout_s = block_timeout_s
         self.strategies = dict(backoff_strategies or {})
         base = name or socket.gethostname()
-        self.worker_id = worker_id or f"{base}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._base_id = worker_id or f"{base}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._restarts = 0
         #: Queue-level job defaults (config), applied to options a job did not set.
         self.default_opts = build_options({}, job_defaults or {})[1].to_json_dict()
-        self.client = connection if connection is not None else async_client(url)
-        self._own_client = connection is None
+        # Our own connections never re-send a command (a resent claim would
+        # claim twice); the pump and the idle wait resend themselves.
+        if connection is None:
+            self.client = async_client(url, retries=0)
+        else:
+            retry = connection.get_retry()
+            no_retries = retry is not None and retry.get_retries() == 0
+            self.client = connection if no_retries else without_retries(connection)
+        self._own_client = self.client is not connection
         self.block_client = self.client
-        self.wake_key = self.core.keys.worker_wake(self.worker_id)
         #: How long a short claim registers us for hand-offs: past our next
         #: re-claim (one block timeout), so a live idle worker stays listed.
         self.idle_ms = round((block_timeout_s + 1.0) * 1000)
-        self.idle_member = f"{self.lease_ms}|{self.worker_id}"
         self.driver = AsyncDriver(self.client)
         self.running: dict[str, Running] = {}  # by token
         self.claiming = True
@@ -149,12 +160,24 @@ class Worker:
             ChildPool(queue, processor, concurrency, sandbox, ctx=forkserver)
             if mode == "process" else None
         )
+        #: The supervision tree to run under (the supervisor sets its own).
+        self.tree: Tree | None = None
+        self._own_tree = False
+        self._unit: Supervised | None = None
         self._prepared = False
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()
         self._done = asyncio.Event()
         self._close_timeout_s = 30.0
         self._started = False
+        self._set_identity(self._base_id)
+
+    def _set_identity(self, worker_id: str) -> None:
+        """A fresh worker id comes with a fresh pump: nothing of a crashed
+        incarnation (queued writes, a hand-off registration) carries over."""
+        self.worker_id = worker_id
+        self.wake_key = self.core.keys.worker_wake(worker_id)
+        self.idle_member = f"{self.lease_ms}|{worker_id}"
         self.pump = Pump(self)
 
     def __repr__(self) -> str:
@@ -178,10 +201,6 @@ class Worker:
         """Process mode: jobs claimed and waiting for a child."""
         return self.pool.waiting if self.pool is not None else 0
 
-    def _dispatched(self, r: Running) -> None:
-        r.dispatched = True
-        self.pump.wake.set()  # a lingering pump re-checks whether children run dry
-
     def busy_count(self) -> int:
         return sum(1 for r in self.running.values() if not r.finished)
 
@@ -193,47 +212,102 @@ class Worker:
             raise RuntimeError("Worker.run() was already called")
         self._started = True
         await self.prepare()
+        assert self.tree is not None
+        tree = self.tree
+        q = self.queue_name
         log.info("worker %s: queue %s, mode %s, concurrency %d",
-                 self.worker_id, self.queue_name, self.mode, self.concurrency)
-        pump = asyncio.create_task(self.pump.run(), name="rqsup pump")
-        waiter = asyncio.create_task(maintenance.wait_for_work(self), name="rqsup wait-for-work")
-        timers = [asyncio.create_task(maintenance.sweep_stalled(self), name="rqsup sweep")]
+                 self.worker_id, q, self.mode, self.concurrency)
+        self._unit = tree.start(f"worker {q}", self._serve, queue=q, give_back=self._crashed)
+        timers = [tree.start(f"stall sweeper {q}", lambda: maintenance.sweep_stalled(self),
+                             queue=q)]
         if self.own_renewer:
-            timers.append(
-                asyncio.create_task(maintenance.renew_leases(self), name="rqsup renew")
-            )
-        loops = [pump, waiter, *timers]
+            timers.append(tree.start(f"lease renewer {q}",
+                                     lambda: maintenance.renew_leases(self), queue=q))
         try:
-            stop = asyncio.create_task(self._stop.wait())
-            done, _ = await asyncio.wait([stop, *loops], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stop:
-                    t.result()  # a loop died: raise its error
-            await self._drain(pump, waiter)
+            await self._stop.wait()
+            await self._drain(self._unit)
         finally:
-            for t in loops:
-                t.cancel()
-            # Bounded: a blocked redis-py call can swallow a cancel.
-            _done, pending = await asyncio.wait(loops, timeout=2.0)
-            if pending:
-                log.warning("worker %s: %d loop(s) still stopping: %s", self.worker_id,
-                            len(pending), [t.get_name() for t in pending])
+            for t in timers:
+                await tree.stop(t)
+            if self._unit.task is not None and not self._unit.task.done():
+                await tree.stop(self._unit)
             if self._threads:
                 self._threads.shutdown()
             if self.pool is not None:
                 await self.pool.close()
+            if self._own_tree:
+                await tree.stop_all()
             if self._own_client:
                 await self.client.aclose()
             self._done.set()
+
+    async def _serve(self) -> None:
+        """The worker proper: the pump and the idle wait, which share its state;
+        either one crashing ends both (the tree gives back and restarts)."""
+        pump = asyncio.create_task(self.pump.run(), name=f"rqsup pump {self.queue_name}")
+        waiter = asyncio.create_task(maintenance.wait_for_work(self),
+                                     name=f"rqsup wait-for-work {self.queue_name}")
+        try:
+            done, _ = await asyncio.wait([pump, waiter], return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+        finally:
+            for t in (pump, waiter):
+                t.cancel()
+            # Bounded: a blocked redis-py call can swallow a cancel.
+            await asyncio.wait([pump, waiter], timeout=2.0)
+
+    async def _crashed(self, exc: BaseException) -> None:
+        """The worker's loop crashed: give back every job it held (as a stall,
+        so that a job that keeps crashing it fails in the end) and take a new
+        worker id, so nothing of the old one (a stale hand-off, a late reply)
+        reaches the next."""
+        old = self.worker_id
+        for r in list(self.running.values()):
+            r.lost = True
+            r.stop_reason = "its worker crashed"
+            if r.task is not None:
+                r.task.cancel()
+        self.running.clear()
+        self._restarts += 1
+        self._set_identity(f"{self._base_id}~{self._restarts}")
+        await self.give_back(old, count_stall=True)
+
+    async def give_back(self, worker_id: str, *, count_stall: bool = False,
+                        within_s: float | None = None) -> None:
+        """Requeue everything active under ``worker_id`` (retrying while Redis
+        fails, for up to a lease; after that the stall sweeper recovers them)."""
+        episode = Episode(f"queue {self.queue_name}: giving back the jobs of {worker_id}", log)
+        deadline = time.monotonic() + (within_s if within_s is not None else self.lease_ms / 1000)
+        req = self.core.script("requeue_worker", worker_id, 1 if count_stall else 0)
+        while True:
+            try:
+                ids = await asyncio.wait_for(self.driver.execute(req),
+                                             max(0.1, deadline - time.monotonic()))
+                break
+            except (*REDIS_ERRORS, TimeoutError) as exc:
+                delay = episode.note(exc)
+                if time.monotonic() + delay >= deadline:
+                    log.error("queue %s: could not give back the jobs of %s (%s); the stall "
+                              "sweeper will recover them", self.queue_name, worker_id, exc)
+                    return
+                await asyncio.sleep(delay)
+        episode.ok()
+        if ids:
+            log.warning("queue %s: gave back %d unfinished job(s) of %s: %s", self.queue_name, len(ids),
+                        worker_id, [codec.text(i) for i in ids])
 
     async def prepare(self) -> None:
         """Boot the child pool (process mode) before claiming anything."""
         if self._prepared:
             return
         self._prepared = True
+        if self.tree is None:
+            self.tree = Tree()
+            self._own_tree = True
         if self.pool is not None:
-            await self.pool.start()
-            self.pool.on_recovered = self.pump.want_claim
+            await self.pool.start(self.tree)
+            self.pool.on_recovered = lambda: self.pump.want_claim()
 
     def hurry(self) -> None:
         """Quick shutdown: stop waiting for running jobs; give them back now."""
@@ -252,9 +326,10 @@ class Worker:
         elif self._own_client:
             await self.client.aclose()
 
-    async def _drain(self, pump: asyncio.Task[None], waiter: asyncio.Task[None]) -> None:
+    async def _drain(self, unit: Supervised) -> None:
         """Nothing is cancelled in the middle of a Redis call here: a cancel can
         lose a reply (a claim's jobs would sit active until their lease ran out)."""
+        Tree.retire(unit)
         self.claiming = False
         self.pump.idle.set()  # the wait-for-work loop sees claiming off and returns
         if self.pool is not None:
@@ -264,7 +339,7 @@ class Worker:
                 if not r.dispatched and not r.finished and r.task is not None:
                     r.lost = True
                     r.task.cancel()
-        with contextlib.suppress(*CONNECTION_ERRORS):
+        with contextlib.suppress(*REDIS_ERRORS):
             # No more hand-offs to us; and wake our own blocked wait.
             await self.client.zrem(self.core.keys.idle, self.idle_member)
             await self.client.zadd(self.wake_key, {"stop": 0})
@@ -284,194 +359,85 @@ class Worker:
         for r in self.running.values():
             if not r.finished:
                 r.lost = True
+                r.stop_reason = "shutdown"
                 if r.task:
                     r.task.cancel()
         # The pump sends what is queued (outcomes, the orphan check), then returns.
         self.pump.stopping = True
         self.pump.wake.set()
         grace = max(5.0, self.block_timeout_s)
-        await asyncio.wait([pump, waiter], timeout=grace)
-        if not pump.done():
+        if not await Tree.wait(unit, grace):
             log.error("worker %s: could not write queued outcomes within %.0fs (Redis "
                       "unreachable?); the stall sweeper will recover their jobs",
                       self.worker_id, grace)
             return
-        pump.result()
-        with contextlib.suppress(*CONNECTION_ERRORS):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self.client.delete(self.wake_key)
         # Everything still active under our id (jobs cut off above, jobs of a
         # claim that was in flight when the close began) goes back at once.
-        try:
-            ids = await asyncio.wait_for(
-                self.driver.execute(self.core.script("requeue_worker", self.worker_id, 0)),
-                grace,
-            )
-        except (*CONNECTION_ERRORS, TimeoutError) as exc:
-            log.error("worker %s: could not give back unfinished jobs (%s); the stall "
-                      "sweeper will recover them", self.worker_id, exc)
-            return
-        if ids:
-            log.warning("worker %s: gave back %d unfinished job(s): %s", self.worker_id,
-                        len(ids), [codec.text(i) for i in ids])
+        await self.give_back(self.worker_id, within_s=grace)
 
-    # -- jobs -----------------------------------------------------------------
+    # -- jobs (the work itself is in jobrun) ----------------------------------------
 
     def start_job(self, job_id: str, token: str, fields: Any) -> None:
-        record = JobRecord(job_id, fields_of(fields))
-        try:
-            record.validate()
-            # Queue defaults (config) fill in what the job's own options left out;
-            # decode the options once either way.
-            options = (record.options_over(self.default_opts) if self.default_opts
-                       else record.options)
-        except MalformedJob as exc:
-            r = Running(record, token, JobOptions())
-            self.running[token] = r
-            log.error("queue %s: %s; failing it", self.queue_name, exc)
-            self._fail(r, {"type": "MalformedJob", "message": str(exc), "stacktrace": "",
-                           "unrecoverable": True})
-            return
-        r = Running(record, token, options)
-        self.running[token] = r
-        r.task = asyncio.create_task(self._execute(r), name=f"rqsup job {job_id}")
+        jobrun.start(self, job_id, token, fields)
 
-    def _sink(self, r: Running) -> Callable[[str, str], None]:
-        def sink(kind: str, payload: str) -> None:
-            if r.lost or r.finished:
-                return
-            if kind == "children":  # process mode: the child's job.add_children
-                flowjobs.on_children_message(self, r, payload)
-                return
-            if kind == "progress":
-                script = self.core.script("progress", r.id, r.token, payload)
-            else:
-                script = self.core.script("log", r.id, r.token, r.options.keep_logs, payload)
-            self.pump.write(r.id, r.token, script)
-
-        if self.mode == "async":
-            return sink
-        loop = asyncio.get_running_loop()
-
-        def from_thread(kind: str, payload: str) -> None:
-            loop.call_soon_threadsafe(sink, kind, payload)
-
-        return from_thread
-
-    async def _execute(self, r: Running) -> None:
-        sink = self._sink(r)
-        timeout_s = r.options.timeout_ms / 1000 if r.options.timeout_ms else None
-        try:
-            async with asyncio.timeout(timeout_s) as cm:
-                # A parent (flows) gets what its children left before it starts.
-                flow = await flowjobs.fetch(self, r) if flowjobs.is_parent(r) else None
-                if self.pool is not None:
-                    # Process mode hands the child the raw JSON: no ActiveJob here.
-                    result = RawJSON(await self.pool.run(
-                        r.id, r.record.name, r.record.raw.get("data") or "null",
-                        r.record.attempts_made, sink, lambda: self._dispatched(r),
-                        flow=flowjobs.to_json(flow) if flow is not None else None,
-                    ))
-                else:
-                    job = ActiveJob(r.record, sink, flow, flowjobs.spawner(self, r))
-                    if self._threads is not None:
-                        fut = self._threads.submit(self.processor, job)  # type: ignore[arg-type]
-                        result = await asyncio.shield(fut)
-                    else:
-                        result = await self.processor(job)  # type: ignore[operator]
-        except asyncio.CancelledError:
-            if r.lost:
-                return  # lease lost or shutdown: the outcome is not ours to write
-            raise
-        except TimeoutError as exc:
-            # The processor's own TimeoutError is an ordinary failure.
-            err: BaseException = exc
-            if cm.expired():
-                err = JobTimedOut(f"job timed out after {timeout_s:g}s (timeout option)")
-            self._fail(r, error_info(err))
-        except ChildJobError as exc:  # the processor raised, in its child
-            if exc.info.get("type") == "WaitingChildren":  # matched by name there
-                flowjobs.wait_children(self, r)
-            else:
-                self._fail(r, exc.info)
-        except NotDispatched:
-            r.lost = True  # never started: given back with the rest at close
-        except WaitingChildren:  # step jobs: not a failure, not a completion
-            flowjobs.wait_children(self, r)
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-            self._fail(r, error_info(exc))
-        else:
-            self._complete(r, result)
-
-    def _complete(self, r: Running, result: Any) -> None:
-        if r.lost:
-            return
-        if r.children_error:
-            self._fail(r, flowjobs.children_error_info(r))
-            return
-        try:
-            if isinstance(result, RawJSON):
-                encoded = result.text  # encoded (and checked) by the child
-            else:
-                encoded = codec.encode(result, f"result of job {r.id}")
-        except EncodeError as exc:
-            info = error_info(exc)
-            info["unrecoverable"] = True
-            self._fail(r, info)
-            return
-        keep = r.options.completed_retention
-        r.finished = True
-        self.pump.complete(r.id, r.token, [r.id, r.token, encoded, keep["count"], keep["age_ms"]])
-
-    def _fail(self, r: Running, info: dict[str, Any]) -> None:
-        if r.lost:
-            return
-        if info.get("rate_limit_delay_s") is not None:  # RateLimited: not a failure
-            r.finished = True
-            delay_ms = round(float(info["rate_limit_delay_s"]) * 1000)
-            self.pump.end(r.id, r.token, self.core.script("rate_limited", r.id, r.token, delay_ms))
-            return
-        made = r.record.attempts_made + 1
-        message = info["message"]
-        delay_ms = -1
-        attempts = r.options.attempts if "attempts" in self.default_opts else r.record.attempts
-        if not info["unrecoverable"] and made < attempts:
-            try:
-                delay_ms = backoff.retry_delay_ms(
-                    r.options.backoff, made, info["type"], message, r.record.raw.get("data"),
-                    self.strategies,
-                )
-            except Exception as exc:  # a bad or unknown custom strategy
-                message = f"{message}; no retry: {exc}"
-                delay_ms = -1
-        keep = r.options.failed_retention
-        r.finished = True
-        self.pump.fail(r.id, r.token, [
-            r.id, r.token, message[:4000], info["type"], info["stacktrace"], delay_ms,
-            keep["count"], keep["age_ms"], attempts if "attempts" in self.default_opts else "",
-        ])
-
-    def on_acked(self, job_id: str, token: str, code: int, outcome: str | None) -> None:
+    def on_acked(self, r: Running | None, job_id: str, token: str, code: int,
+                 outcome: str | None) -> None:
         """Redis recorded (or refused) a job's outcome: free its slot."""
         self.running.pop(token, None)
         self.processed += 1
-        if code < 0:
-            log.warning("queue %s: result of job %s not written: %s", self.queue_name, job_id,
-                        Code(code).name.lower().replace("_", " "))
-        elif outcome and outcome != "completed":
-            log.info("queue %s: job %s %s", self.queue_name, job_id, outcome)
+        attempt = (r.attempt if r is not None else 0)
+        attempts = (r.attempts if r is not None else 0)
+        if code == Code.MALFORMED:
+            job_line(logging.ERROR, self.queue_name, job_id, attempt, attempts,
+                     "malformed in Redis: failed as MalformedJob or set aside, not %s",
+                     outcome or "written")
+        elif code < 0:
+            job_line(logging.WARNING, self.queue_name, job_id, attempt, attempts,
+                     "result not written: %s", Code(code).name.lower().replace("_", " "))
+        elif r is not None and r.error is not None and outcome in ("retry", "failed"):
+            etype, message = r.error
+            if outcome == "retry":
+                when = "now" if r.retry_delay_ms <= 0 else f"in {seconds(r.retry_delay_ms)}"
+                job_line(logging.WARNING, self.queue_name, job_id, attempt, attempts,
+                         "failed: %s: %s; next attempt %s", etype, message, when,
+                         error_type=etype)
+            else:
+                job_line(logging.ERROR, self.queue_name, job_id, attempt, attempts,
+                         "failed for good: %s: %s", etype, message, error_type=etype)
+        elif outcome and outcome not in ("completed", "failed", "retry"):
+            job_line(logging.INFO, self.queue_name, job_id, attempt, attempts, "%s", outcome)
         self.pump.wake.set()
 
-    def on_lease_lost(self, job_id: str, token: str, when: str) -> None:
-        r = self.running.pop(token, None)
-        if r is None or r.lost:
+    def on_lease_lost(self, r: Running, when: str) -> None:
+        """Another holder owns the job now (or it ended): stop running it."""
+        if self.running.get(r.token) is r:
+            del self.running[r.token]
+        if r.lost:
             return
         r.lost = True
-        log.warning("queue %s: lease of job %s lost %s; its result will not be written",
-                    self.queue_name, job_id, when)
+        r.stop_reason = "lease lost"
+        job_line(logging.WARNING, self.queue_name, r.id, r.attempt, r.attempts,
+                 "lease lost %s; its result will not be written", when)
         if r.task is not None:
             # async: the coroutine is cancelled; thread: we stop waiting and the
-            # thread runs on, abandoned (ThreadRunner starts a new one).
+            # thread runs on, abandoned (ThreadRunner starts a new one); process:
+            # the child is killed.
             r.task.cancel()
         self.pump.want_claim()
+
+    def abandon(self, r: Running, why: str) -> None:
+        """A job this worker cannot go on with (a bug, a write Redis keeps
+        refusing): stop it and give it back (the pump's orphan check requeues
+        every job active under our id that we do not know)."""
+        self.running.pop(r.token, None)
+        if not r.lost:
+            r.lost = True
+            r.stop_reason = why
+            if r.task is not None and not r.task.done():
+                r.task.cancel()
+        job_line(logging.ERROR, self.queue_name, r.id, r.attempt, r.attempts,
+                 "given back to the queue: %s", why)
+        self.pump.check_orphans = True
+        self.pump.wake.set()

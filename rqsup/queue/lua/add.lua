@@ -33,15 +33,14 @@ Events: added {id, name, state}; duplicated {id} for an existing custom id;
 -- (debounce), 'keep' it (deduplicated), or nil: the key is free to take.
 local function dedup_verdict(dk, kept, mode)
   local jk = PREFIX .. kept
+  local f = jmget(jk, 'name', 'finished_on', 'attempts_started')
+  if not f then return nil end  -- the kept job's key is damaged: take the dedup key
   if mode == 'debounce' and redis.call('ZSCORE', k.delayed, kept)
-      and (tonumber(redis.call('HGET', jk, 'attempts_started')) or 0) == 0 then
+      and (tonumber(f[3]) or 0) == 0 then
     return 'replace'
   end
   if redis.call('PTTL', dk) > 0 then return 'keep' end
-  if mode ~= 'debounce' then
-    local f = redis.call('HMGET', jk, 'name', 'finished_on')
-    if f[1] and not f[2] then return 'keep' end
-  end
+  if mode ~= 'debounce' and f[1] and not f[2] then return 'keep' end
   return nil
 end
 
@@ -124,7 +123,9 @@ for i = 0, n - 1 do
     end
     emit('event', 'deduplicated', 'id', kept, 'dedup_id', did, 'rejected', id,
       'debounced', outcome == 3 and '1' or '0')
-    out[#out + 1] = {kept, outcome, '', redis.call('HGETALL', jk)}
+    local flat = redis.pcall('HGETALL', jk)
+    if is_err(flat) then flat = {} end
+    out[#out + 1] = {kept, outcome, '', flat}
   end
 end
 return out

@@ -6,13 +6,14 @@ ARGV: [1] parent id, [2] its token, [3] sequence number of this call for the
       flow as add_flow.lua's ARGV, whose jobs with parent index 0 become
       children of the parent.
 Returns: 0 added (or already added by this call), 1 a custom id exists
-  (nothing written), -1 job not found, -2 lease lost, -3 not active.
+  (nothing written), -1 job not found, -2 lease lost, -3 not active, -6
+  malformed (quarantined, common.lua).
 Events: added {id, name, state} per child, in its queue.
 ]]
 --@include common
 --@include flow
 local id, token, seq = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local held = check_lease(id, token)
+local held = checked_lease(id, token, nil, now_ms())
 if held ~= 1 then return held end
 local jk = PREFIX .. id
 local last = redis.call('HGET', jk, 'children_seq')

@@ -10,9 +10,11 @@ ARGV: [1] N, [2] worker id, [3] lease_ms, [4] idle_ms (optional; > 0: when
       so an add can hand it a job directly; see includes/claim.lua)
 Returns: {next delayed job due in ms (-1: none), {id, token, job hash as a flat list}, ...}
 Events: waiting {id, prev=delayed} per promoted job; active {id} per claim;
-        orphan-dropped {id} for an id without a job hash.
+        for a damaged job (quarantine, common.lua): failed {error_type=
+        MalformedJob} or malformed {id, reason}.
 ]]
 --@include common
 --@include claim
+--@include flow
 return claim_jobs(tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), now_ms(),
   tonumber(ARGV[4]) or 0)

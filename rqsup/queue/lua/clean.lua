@@ -34,7 +34,7 @@ else
     if #ids == 0 then break end
     local kept = 0
     for _, id in ipairs(ids) do
-      local ts = tonumber(redis.call('HGET', PREFIX .. id, 'timestamp')) or 0
+      local ts = tonumber(jget(PREFIX .. id, 'timestamp')) or 0
       if ts <= cutoff and #removed < limit then
         removed[#removed + 1] = id
         if is_list then redis.call('LREM', key, 0, id) else redis.call('ZREM', key, id) end

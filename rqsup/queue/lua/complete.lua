@@ -8,7 +8,8 @@ ARGV: [1] number of completions C, [2] claim N, [3] worker id, [4] lease_ms,
       then optionally idle_ms (as ARGV[4] of claim.lua)
 Returns: {{code per completion}, claim result as in claim.lua}
   code: 0 completed (also when this token already completed it: a retried
-  call is idempotent), -1 job not found, -2 lease lost, -3 not active.
+  call is idempotent), -1 job not found, -2 lease lost, -3 not active,
+  -6 malformed (the job was failed as MalformedJob, or set aside, instead).
 Events: completed {id, returnvalue}; plus claim's events. Flows (flow.lua): a
         child's value goes to its parent, whose last child to finish emits
         waiting {id, prev=waiting-children} in the parent's queue.
@@ -22,9 +23,9 @@ local codes = {}
 for i = 0, c - 1 do
   local b = 5 + i * 5
   local id, token = ARGV[b], ARGV[b + 1]
-  local held = check_lease(id, token, 'completed')
+  local held, worker = checked_lease(id, token, 'completed', now)
   if held == 1 then
-    redis.call('ZREM', k.active, id)
+    deactivate(id, worker)
     redis.call('HSET', PREFIX .. id, 'returnvalue', ARGV[b + 2], 'finished_on', now,
       'ended', 'completed')
     redis.call('HINCRBY', PREFIX .. id, 'attempts_made', 1)

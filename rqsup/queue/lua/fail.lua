@@ -10,7 +10,8 @@ ARGV: [1] number of failures F, then 9 values per failure:
       applied to a job that did not set attempts)
 Returns: {code per failure}: 1 retry now (wait), 2 retry later (delayed),
   3 failed for good, 0 this token already failed this attempt (idempotent resend; a token that completed the job gets -3),
-  -1 job not found, -2 lease lost, -3 not active.
+  -1 job not found, -2 lease lost, -3 not active, -6 malformed (quarantined
+  instead, as in complete.lua).
 Events: retrying {id, attempts_made, delay, reason} or
         failed {id, reason, error_type, stacktrace, attempts_made}. Flows
         (flow.lua): a child failed for good applies its parent_policy: a
@@ -28,10 +29,10 @@ for i = 0, f - 1 do
   local id, token = ARGV[b], ARGV[b + 1]
   local reason, etype, stack = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   local delay = tonumber(ARGV[b + 5])
-  local held = check_lease(id, token, 'failed')
+  local held, worker = checked_lease(id, token, 'failed', now)
   if held == 1 then
     local jk = PREFIX .. id
-    redis.call('ZREM', k.active, id)
+    deactivate(id, worker)
     local made = redis.call('HINCRBY', jk, 'attempts_made', 1)
     local attempts = tonumber(ARGV[b + 8]) or tonumber(redis.call('HGET', jk, 'attempts')) or 1
     redis.call('HSET', jk, 'failed_reason', reason, 'error_type', etype, 'stacktrace', stack,
@@ -50,7 +51,7 @@ for i = 0, f - 1 do
       redis.call('HSET', jk, 'finished_on', now)
       emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', etype,
         'stacktrace', stack, 'attempts_made', made)
-      flow_failed(id, reason, now)  -- a parent waiting for it (flows)
+      on_fail_job(id, reason, now)  -- a parent waiting for it (flows)
       finish_job(id, k.failed, now, tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7]))
       codes[#codes + 1] = 3
     end

@@ -12,7 +12,7 @@ ARGV: [1] id, [2] token, [3] keep_count, [4] keep_age_ms (retention of failed
       jobs, as in fail.lua)
 Returns: 1 waiting-children, 2 requeued (no pending children), 3 failed,
   0 this token already moved it (a resend), -1 job not found, -2 lease lost,
-  -3 not active.
+  -3 not active, -6 malformed (quarantined, common.lua).
 Events: waiting-children {id}; waiting {id, prev=active}; failed {id, reason,
         error_type=ChildFailed | NoChildren, stacktrace='',
         attempts_made}.
@@ -21,11 +21,11 @@ Events: waiting-children {id}; waiting {id, prev=active}; failed {id, reason,
 --@include claim
 --@include flow
 local id, token = ARGV[1], ARGV[2]
-local held = check_lease(id, token, 'waiting-children')
-if held ~= 1 then return held end
 local now = now_ms()
+local held, worker = checked_lease(id, token, 'waiting-children', now)
+if held ~= 1 then return held end
 local jk = PREFIX .. id
-redis.call('ZREM', k.active, id)
+deactivate(id, worker)
 redis.call('HSET', jk, 'ended', 'waiting-children')
 local code
 local failed = redis.call('HGETALL', jk .. ':failed_children')
@@ -53,7 +53,7 @@ if reason then
     'stacktrace', '', 'finished_on', now)
   emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', etype,
     'stacktrace', '', 'attempts_made', made)
-  flow_failed(id, reason, now)
+  on_fail_job(id, reason, now)
   finish_job(id, k.failed, now, tonumber(ARGV[3]), tonumber(ARGV[4]))
   code = 3
 end

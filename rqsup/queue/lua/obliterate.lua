@@ -14,7 +14,7 @@ redis.call('HSET', k.meta, 'paused', 1)
 local limit = tonumber(ARGV[2])
 local n = 0
 for _, set in ipairs({k.active, k.delayed, k.prioritized, k.completed, k.failed,
-                      k.waiting_children}) do
+                      k.waiting_children, k.malformed}) do
   if n >= limit then break end
   local ids = redis.call('ZRANGE', set, 0, limit - n - 1)
   for _, id in ipairs(ids) do delete_job(id) end
@@ -27,6 +27,6 @@ if n < limit then
   n = n + #ids
 end
 if n == 0 then
-  for i = 1, 14 do redis.call('DEL', KEYS[i]) end
+  for i = 1, QUEUE_KEY_COUNT do redis.call('DEL', KEYS[i]) end
 end
 return n

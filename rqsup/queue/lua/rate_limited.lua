@@ -4,16 +4,17 @@ the whole queue claims nothing for delay_ms (a manual limit, as limits.lua).
 KEYS: the standard queue keys (common.lua).
 ARGV: [1] id, [2] token, [3] delay_ms
 Returns: 0 done (also for a resend of this very call), -1 job not found,
-  -2 lease lost, -3 not active.
+  -2 lease lost, -3 not active, -6 malformed (quarantined, common.lua).
 Events: rate-limited {id, delay}.
 ]]
 --@include common
 --@include claim
+--@include flow
 local id, token, delay = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local held = check_lease(id, token, 'rate-limited')
+local held, worker = checked_lease(id, token, 'rate-limited', now_ms())
 if held ~= 1 then return held end
 local jk = PREFIX .. id
-redis.call('ZREM', k.active, id)
+deactivate(id, worker)
 redis.call('HSET', jk, 'ended', 'rate-limited')
 redis.call('HINCRBY', jk, 'attempts_started', -1)  -- this attempt does not count
 redis.call('HDEL', jk, 'processed_on')  -- pending again (a scheduler's run too)

@@ -3,10 +3,12 @@ Resets attempts_made, stalled_count and the previous outcome.
 KEYS: the standard queue keys (common.lua).
 ARGV: [1] state the jobs must be in ('failed' or 'completed'),
       [2] job id, or '' for the oldest jobs of that state; [3] at most this many
-Returns: {code, state or count}: {0, n}, {-1, ''}, {-4, state}
+Returns: {code, state or count}: {0, n}, {-1, ''}, {-4, state}, {-6, reason}
+  (malformed: set aside, quarantine in common.lua)
 Events: retried {id}.
 ]]
 --@include common
+--@include flow
 local set = ARGV[1] == 'completed' and k.completed or k.failed
 local ids
 if ARGV[2] ~= '' then
@@ -20,14 +22,22 @@ if ARGV[2] ~= '' then
 else
   ids = redis.call('ZRANGE', set, 0, tonumber(ARGV[3]) - 1)
 end
+local n, now = 0, now_ms()
 for _, id in ipairs(ids) do
   local jk = PREFIX .. id
   redis.call('ZREM', set, id)
+  local problem = key_problem(id)
+  if problem then
+    quarantine(id, problem, now)
+    if ARGV[2] ~= '' then return {-6, problem[1]} end
+  else
   redis.call('HDEL', jk, 'finished_on', 'failed_reason', 'error_type', 'stacktrace',
     'returnvalue', 'token')
   redis.call('HSET', jk, 'attempts_made', 0, 'stalled_count', 0)
   push_ready(id, job_priority(id), false)
   emit('event', 'retried', 'id', id)
+  n = n + 1
+  end
 end
-if #ids > 0 then wake() end
-return {0, #ids}
+if n > 0 then wake() end
+return {0, n}

@@ -1,14 +1,18 @@
 --[[ sweep_stalled: requeue (or fail) active jobs whose lease expired.
 One sweep per interval across every worker: the stall-check key is taken
 with SET NX PX. A requeued job goes to the pop end of wait (taken next).
+A stall counts as an attempt when asked (ARGV[3]); a job failed by the stall
+limit counts the attempt it was in (as BullMQ does) and keeps its own
+retention when its options say (ARGV[5], [6] are the defaults).
 KEYS: the standard queue keys (common.lua).
 ARGV: [1] interval_ms (0: sweep regardless of the stall-check key),
       [2] max_stalled_count, [3] stall counts as an attempt (0/1),
       [4] at most this many jobs per call,
       [5] keep_count, [6] keep_age_ms (retention of failed jobs)
 Returns: {swept (0/1), requeued ids, failed ids}
-Events: stalled {id, count}; failed {id, reason, ...} past the limits (and,
-        for a flow child, what fail.lua emits for its parent).
+Events: stalled {id, count, worker}; failed {id, reason, ...} past the limits
+        (and, for a flow child, what fail.lua emits for its parent); a
+        damaged job is quarantined (common.lua).
 ]]
 --@include common
 --@include flow
@@ -24,36 +28,54 @@ local requeued, failed = {}, {}
 local expired = redis.call('ZRANGEBYSCORE', k.active, '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
 for _, id in ipairs(expired) do
   local jk = PREFIX .. id
-  redis.call('ZREM', k.active, id)
-  redis.call('HDEL', jk, 'token')
-  if redis.call('EXISTS', jk) == 1 then
+  local problem = job_problem(id)
+  local worker = jget(jk, 'worker')
+  deactivate(id, worker)
+  if worker and redis.call('EXISTS', P.worker_jobs .. worker) == 0 then
+    redis.call('SREM', k.workers, worker)
+  end
+  if problem then
+    if quarantine(id, problem, now) == 'failed' then failed[#failed + 1] = id end
+  else
+    redis.call('HDEL', jk, 'token')
     local stc = redis.call('HINCRBY', jk, 'stalled_count', 1)
-    emit('event', 'stalled', 'id', id, 'count', stc)
+    emit('event', 'stalled', 'id', id, 'count', stc, 'worker', worker or '')
     local reason = nil
     if stc > max_stalled then
       reason = 'job stalled ' .. stc .. ' times (max_stalled_count=' .. max_stalled ..
         '): its worker died or lost Redis for longer than the lease, each time'
     elseif counts_attempt then
-      local made = redis.call('HINCRBY', jk, 'attempts_made', 1)
+      local made = tonumber(redis.call('HGET', jk, 'attempts_made')) or 0
       local attempts = tonumber(redis.call('HGET', jk, 'attempts')) or 1
-      if made >= attempts then
-        reason = 'job stalled on its last attempt (' .. made .. ' of ' .. attempts .. ')'
+      if made + 1 >= attempts then
+        reason = 'job stalled on its last attempt (' .. (made + 1) .. ' of ' .. attempts .. ')'
+      else
+        redis.call('HINCRBY', jk, 'attempts_made', 1)
       end
     end
     if reason then
+      local made = redis.call('HINCRBY', jk, 'attempts_made', 1)
       redis.call('HSET', jk, 'failed_reason', reason, 'error_type', 'Stalled',
-        'stacktrace', '', 'finished_on', now)
+        'stacktrace', '', 'finished_on', now, 'ended', 'failed')
       emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', 'Stalled',
-        'stacktrace', '', 'attempts_made', redis.call('HGET', jk, 'attempts_made') or '0')
-      flow_failed(id, reason, now)  -- a parent waiting for it (flows)
-      finish_job(id, k.failed, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
+        'stacktrace', '', 'attempts_made', made)
+      on_fail_job(id, reason, now)  -- a parent waiting for it (flows)
+      -- The job's own remove_on_fail (stored in opts as keep_failed), else the default.
+      local keep_count, keep_age = tonumber(ARGV[5]), tonumber(ARGV[6])
+      local opts = jget(jk, 'opts')
+      if opts and string.find(opts, 'keep_failed', 1, true) then
+        local ok, o = pcall(cjson.decode, opts)
+        if ok and type(o) == 'table' and type(o.keep_failed) == 'table' then
+          keep_count = tonumber(o.keep_failed.count) or keep_count
+          keep_age = tonumber(o.keep_failed.age_ms) or keep_age
+        end
+      end
+      finish_job(id, k.failed, now, keep_count, keep_age)
       failed[#failed + 1] = id
     else
       push_ready(id, job_priority(id), true)
       requeued[#requeued + 1] = id
     end
-  else
-    emit('event', 'orphan-dropped', 'id', id)
   end
 end
 if #requeued > 0 then wake() end

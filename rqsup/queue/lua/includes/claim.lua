@@ -12,10 +12,10 @@ end
 
 -- Queue-wide limits (meta: limiter_max + limiter_duration_ms, concurrency).
 -- The limiter key counts claims in the current window (PX = the window).
-local LIMITER = string.sub(k.id, 1, -3) .. 'limiter'
+local LIMITER = k.limiter
 -- A manual limit lives in a key of its own, so an open counting window can
 -- neither hide nor shorten it.
-local MANUAL_LIMIT = string.sub(k.id, 1, -3) .. 'limiter-manual'
+local MANUAL_LIMIT = k.limiter_manual
 
 -- Stop claims for delay_ms (never shortens a longer manual limit).
 local function set_manual_limit(delay_ms)
@@ -77,15 +77,25 @@ local function wake_if_capped()
   end
 end
 
--- Make one job active for `worker`; returns its token.
+-- Make one (checked) job active for `worker`; returns its token and the
+-- fields this changed, to append to the hash the caller read before.
 local function activate(id, worker, deadline, now)
   local jk = PREFIX .. id
   local token = tostring(redis.call('INCR', k.fence))
   redis.call('ZADD', k.active, deadline, id)
+  redis.call('SADD', P.worker_jobs .. worker, id)
   redis.call('HSET', jk, 'token', token, 'worker', worker, 'processed_on', now)
-  redis.call('HINCRBY', jk, 'attempts_started', 1)
+  local started = redis.call('HINCRBY', jk, 'attempts_started', 1)
   emit('event', 'active', 'id', id)
-  return token
+  return token, {'token', token, 'worker', worker, 'processed_on', tostring(now),
+    'attempts_started', tostring(started)}
+end
+
+-- The hash as read, with what activate changed appended (a later field wins
+-- when the reply is read into a dict).
+local function with_fields(flat, extra)
+  for _, v in ipairs(extra) do flat[#flat + 1] = v end
+  return flat
 end
 
 -- Hand-off: a worker whose claim came back short registers in k.idle (member
@@ -114,44 +124,53 @@ local function idle_worker(now)
   return w[1]
 end
 
--- Claim job `id` for the idle worker `member` and put it in the worker's inbox.
+-- Claim job `id` (just added, so well formed) for the idle worker `member`
+-- and put it in the worker's inbox.
 local function hand_off(id, member, now)
   local sep = string.find(member, '|', 1, true)
   local lease_ms = tonumber(string.sub(member, 1, sep - 1))
   local worker = string.sub(member, sep + 1)
   local token = activate(id, worker, now + lease_ms, now)
+  redis.call('SADD', k.workers, worker)
   local inbox = inbox_key(worker)
   redis.call('ZADD', inbox, now, cjson.encode({id, token, redis.call('HGETALL', PREFIX .. id)}))
   redis.call('PEXPIRE', inbox, lease_ms)
 end
 
 -- Jobs handed to `worker` that it has not popped yet (at most n); each still
--- checked to be active under it with that token.
-local function take_inbox(worker, n, out)
+-- checked to be active under it with that token (and still well formed).
+local function take_inbox(worker, n, out, now)
   if n <= 0 then return 0 end
   local got = 0
   local items = redis.call('ZPOPMIN', inbox_key(worker), n)
   for i = 1, #items, 2 do
     if string.sub(items[i], 1, 1) == '[' then
       local item = cjson.decode(items[i])
-      local jk = PREFIX .. item[1]
-      local f = redis.call('HMGET', jk, 'token', 'worker')
-      if f[1] == item[2] and f[2] == worker then
-        out[#out + 1] = {item[1], item[2], redis.call('HGETALL', jk)}
-        got = got + 1
+      local f = jmget(PREFIX .. item[1], 'token', 'worker')
+      if f and f[1] == item[2] and f[2] == worker then
+        local flat, problem = read_job(item[1])
+        if problem then
+          deactivate(item[1], worker)
+          quarantine(item[1], problem, now)
+        else
+          out[#out + 1] = {item[1], item[2], flat}
+          got = got + 1
+        end
       end
     end
   end
   return got
 end
 
--- Claim up to n ready jobs for `worker` with a lease of lease_ms.
+-- Claim up to n ready jobs for `worker` with a lease of lease_ms. Every id
+-- popped is checked before any is activated, and a damaged one is
+-- quarantined (common.lua): it never costs the other jobs of the claim.
 -- Returns {next_delayed_in_ms or -1, {id, token, hgetall}, ...}.
 local function claim_jobs(n, worker, lease_ms, now, idle_ms)
   local out = {-1}
   promote_due(now)
   local asked = n
-  n = n - take_inbox(worker, n, out)
+  n = n - take_inbox(worker, n, out, now)
   local wanted, limited_ms = n, -1
   n, limited_ms = claim_budget(n)
   if n > 0 then
@@ -160,18 +179,22 @@ local function claim_jobs(n, worker, lease_ms, now, idle_ms)
       local p = redis.call('ZPOPMIN', k.prioritized, n - #ids)
       for i = 1, #p, 2 do ids[#ids + 1] = p[i] end
     end
-    local deadline = now + lease_ms
+    local good = {}
     for _, id in ipairs(ids) do
-      local jk = PREFIX .. id
-      if redis.call('EXISTS', jk) == 1 then
-        local token = activate(id, worker, deadline, now)
-        out[#out + 1] = {id, token, redis.call('HGETALL', jk)}
+      local flat, problem = read_job(id)
+      if problem then
+        quarantine(id, problem, now)
       else
-        -- An id whose hash is gone (deleted by hand): drop it, say so, go on.
-        emit('event', 'orphan-dropped', 'id', id)
+        good[#good + 1] = {id, flat}
       end
     end
-    spend_budget(#ids)
+    local deadline = now + lease_ms
+    for _, g in ipairs(good) do
+      local token, changed = activate(g[1], worker, deadline, now)
+      out[#out + 1] = {g[1], token, with_fields(g[2], changed)}
+    end
+    if #good > 0 then redis.call('SADD', k.workers, worker) end
+    spend_budget(#good)
     if n < wanted and limited_ms < 0 then
       local _left, wait = claim_budget(1)  -- did we just use up the window?
       limited_ms = wait

@@ -1,21 +1,16 @@
 -- Shared helpers, inlined at the top of every script by rqsup/queue/scripts.py.
--- Every script gets the same KEYS: the queue keys in rqsup.keys.QUEUE_SUFFIXES
--- order, then the job-key prefix that job ids are appended to (the only key a
--- script extends; ids are discovered at run time).
+-- Every script gets the same KEYS: the queue keys, then the prefixes that ids
+-- are appended to (job, wake, dedup, worker-jobs), as the generated `keys`
+-- include names them (k.<suffix>, P.<prefix>; rqsup.keys lists both).
 -- Return codes (rqsup.errors.Code): 0 OK, -1 job not found, -2 lease lost,
--- -3 job not active, -4 wrong state, -5 active jobs.
-
-local k = {
-  id = KEYS[1], meta = KEYS[2], wait = KEYS[3], prioritized = KEYS[4], pc = KEYS[5],
-  delayed = KEYS[6], active = KEYS[7], completed = KEYS[8], failed = KEYS[9],
-  waiting_children = KEYS[10], marker = KEYS[11], events = KEYS[12], fence = KEYS[13],
-  stall_check = KEYS[14], idle = KEYS[15],
-}
-local PREFIX = KEYS[16]
--- A worker's inbox (hand-off of a job at add time; see claim.lua).
-local function inbox_key(worker)
-  return string.sub(k.id, 1, -3) .. 'wake:' .. worker
-end
+-- -3 job not active, -4 wrong state, -5 active jobs, -6 malformed job.
+--
+-- No script raises after its first write: what could be malformed in a job
+-- (its key's type, its integer fields) is read with redis.pcall and checked
+-- before anything is written, so a damaged job costs only itself. A damaged
+-- job is failed with MalformedJob naming the field, or, when its key is not a
+-- job hash at all, set aside in k.malformed with the reason (quarantine).
+--@include keys
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -27,6 +22,99 @@ local MAXLEN = tonumber(redis.call('HGET', k.meta, 'max_events')) or 10000
 -- Append one event to the capped stream; returns the stream id.
 local function emit(...)
   return redis.call('XADD', k.events, 'MAXLEN', '~', MAXLEN, '*', ...)
+end
+
+-- A worker's inbox (hand-off of a job at add time; see claim.lua).
+local function inbox_key(worker)
+  return P.wake .. worker
+end
+
+-- -- Reading jobs that may be damaged -------------------------------------------
+
+-- A reply of redis.pcall that is an error (a key of the wrong type).
+local function is_err(r)
+  return type(r) == 'table' and r.err ~= nil
+end
+
+-- HGET / HMGET of a job key that may not be a hash: nil when it is not.
+local function jget(jk, field)
+  local r = redis.pcall('HGET', jk, field)
+  if is_err(r) then return nil end
+  return r
+end
+
+local function jmget(jk, ...)
+  local r = redis.pcall('HMGET', jk, ...)
+  if is_err(r) then return nil end
+  return r
+end
+
+-- Fields the scripts add to or compare as integers (HINCRBY refuses anything else).
+local INT_FIELDS = {'timestamp', 'delay', 'priority', 'attempts', 'attempts_made',
+  'attempts_started', 'stalled_count', 'processed_on', 'finished_on'}
+local IS_INT_FIELD = {}
+for _, f in ipairs(INT_FIELDS) do IS_INT_FIELD[f] = true end
+
+local function int_ok(v)
+  return (not v) or (#v < 19 and string.match(v, '^%-?%d+$') ~= nil)
+end
+
+local function bad_int(field, v)
+  return "field '" .. field .. "' is not an integer: '" .. string.sub(v, 1, 40) .. "'"
+end
+
+-- What is wrong with job `id`, or nil: {why, kind}; kind 'missing' (no key),
+-- 'type' (the key is not a hash) or 'field' (a hash with a bad field: it can
+-- carry the reason itself).
+local function job_problem(id)
+  local jk = PREFIX .. id
+  local f = redis.pcall('HMGET', jk, 'name', unpack(INT_FIELDS))
+  if is_err(f) then
+    return {'its key holds a ' .. redis.call('TYPE', jk).ok .. ', not a job hash', 'type'}
+  end
+  if not f[1] then
+    if redis.call('EXISTS', jk) == 0 then return {'no job hash exists for this id', 'missing'} end
+    return {"field 'name' is missing", 'field'}
+  end
+  for i, name in ipairs(INT_FIELDS) do
+    if not int_ok(f[i + 1]) then return {bad_int(name, f[i + 1]), 'field'} end
+  end
+  return nil
+end
+
+-- HGETALL of job `id` (flat list) and, as job_problem, what is wrong with it.
+-- One read: the claim's hot path checks the hash it returns anyway.
+local function read_job(id)
+  local jk = PREFIX .. id
+  local flat = redis.pcall('HGETALL', jk)
+  if is_err(flat) then
+    return nil, {'its key holds a ' .. redis.call('TYPE', jk).ok .. ', not a job hash', 'type'}
+  end
+  if #flat == 0 then return nil, {'no job hash exists for this id', 'missing'} end
+  local named = false
+  for i = 1, #flat, 2 do
+    local f = flat[i]
+    if f == 'name' then
+      named = flat[i + 1] ~= ''
+    elseif IS_INT_FIELD[f] and not int_ok(flat[i + 1]) then
+      return flat, {bad_int(f, flat[i + 1]), 'field'}
+    end
+  end
+  if not named then return flat, {"field 'name' is missing", 'field'} end
+  return flat, nil
+end
+
+-- Before writing to a job key found in a list or a set: {why, kind} (as
+-- job_problem) when the key is no hash at all, else nil.
+local function key_problem(id)
+  local t = redis.call('TYPE', PREFIX .. id).ok
+  if t == 'hash' then return nil end
+  if t == 'none' then return {'no job hash exists for this id', 'missing'} end
+  return {'its key holds a ' .. t .. ', not a job hash', 'type'}
+end
+
+local function job_priority(id)
+  return tonumber(jget(PREFIX .. id, 'priority')) or 0
 end
 
 -- Score in the prioritized zset: priority band, then FIFO (or LIFO) inside it.
@@ -61,10 +149,6 @@ local function push_ready(id, priority, front)
   return push_ready_in(k, id, priority, front)
 end
 
-local function job_priority(id)
-  return tonumber(redis.call('HGET', PREFIX .. id, 'priority')) or 0
-end
-
 -- Wake one blocked worker (not while paused: resume re-arms it).
 local function wake()
   if redis.call('HEXISTS', k.meta, 'paused') == 0 then
@@ -72,10 +156,9 @@ local function wake()
   end
 end
 
--- A deduplication key (STRING: the id of the job that holds it). The dedup
--- id arrives in ARGV, so the name is built here, as QueueKeys.dedup does.
+-- A deduplication key (STRING: the id of the job that holds it).
 local function dedup_key(dedup_id)
-  return string.sub(k.id, 1, -3) .. 'dedup:' .. dedup_id
+  return P.dedup .. dedup_id
 end
 
 -- Release the dedup key that job `id` took at add (hash field dedup_id), if
@@ -84,7 +167,7 @@ end
 -- key with a TTL) stays until it expires. Otherwise (the job is deleted by
 -- remove, clean, drain, obliterate) the key goes whatever its mode.
 local function release_dedup(id, finished)
-  local did = redis.call('HGET', PREFIX .. id, 'dedup_id')
+  local did = jget(PREFIX .. id, 'dedup_id')
   if not did then return end
   local dk = dedup_key(did)
   if redis.call('GET', dk) ~= id then return end
@@ -100,8 +183,10 @@ local function drop_job(id)
 end
 
 -- Set by includes/flow.lua: a deleted job's parent stops waiting for it and
--- its pending children go too. nil in scripts that do not include flow.
+-- its pending children go too; a job failed for good tells its parent. nil
+-- in scripts that do not include flow.
 local on_delete_job = nil
+local on_fail_job = nil
 
 -- Delete a job and release its dedup key (finished: as in release_dedup).
 local function delete_job(id, finished)
@@ -110,22 +195,40 @@ local function delete_job(id, finished)
   drop_job(id)
 end
 
+-- -- Active jobs -----------------------------------------------------------------
+
+-- Take job `id` out of active (and out of its worker's set, when known).
+local function deactivate(id, worker)
+  redis.call('ZREM', k.active, id)
+  if worker and worker ~= '' then redis.call('SREM', P.worker_jobs .. worker, id) end
+end
+
 -- Lease check for the holder of `token`: 1 the lease is held; 0 this very
--- token already ended the attempt with the same operation `op` ('completed'
--- or 'failed': an idempotent resend); or a negative code.
+-- token already ended the attempt with the same operation `op` ('completed',
+-- 'failed' ...: an idempotent resend); or a negative code. Also returns the
+-- job's worker and, for -6 (malformed), what is wrong ({why, kind}).
 local function check_lease(id, token, op)
   local jk = PREFIX .. id
-  local f = redis.call('HMGET', jk, 'token', 'ended')
+  local f = redis.pcall('HMGET', jk, 'token', 'ended', 'worker', 'attempts_made',
+    'attempts_started', 'stalled_count', 'attempts')
+  if is_err(f) then
+    return -6, nil, {'its key holds a ' .. redis.call('TYPE', jk).ok .. ', not a job hash', 'type'}
+  end
   local tok = f[1]
   local in_active = redis.call('ZSCORE', k.active, id)
   if tok == token then
-    if in_active then return 1 end
-    if op and f[2] == op then return 0 end
-    return -3
+    if in_active then
+      for i, name in ipairs({'attempts_made', 'attempts_started', 'stalled_count', 'attempts'}) do
+        if not int_ok(f[i + 3]) then return -6, f[3], {bad_int(name, f[i + 3]), 'field'} end
+      end
+      return 1, f[3]
+    end
+    if op and f[2] == op then return 0, f[3] end
+    return -3, f[3]
   end
   if not tok and redis.call('EXISTS', jk) == 0 then return -1 end
-  if in_active then return -2 end
-  return -3
+  if in_active then return -2, f[3] end
+  return -3, f[3]
 end
 
 -- Where a job is: O(1) except the wait list (LPOS); used on error paths and
@@ -137,6 +240,7 @@ local function job_state(id)
   if redis.call('ZSCORE', k.completed, id) then return 'completed' end
   if redis.call('ZSCORE', k.failed, id) then return 'failed' end
   if redis.call('ZSCORE', k.waiting_children, id) then return 'waiting-children' end
+  if redis.call('ZSCORE', k.malformed, id) then return 'malformed' end
   if redis.call('LPOS', k.wait, id) then return 'wait' end
   if redis.call('EXISTS', PREFIX .. id) == 0 then return 'missing' end
   return 'unknown'
@@ -156,6 +260,9 @@ local function unlink_job(id, state)
     redis.call('ZREM', k.failed, id)
   elseif state == 'waiting-children' then
     redis.call('ZREM', k.waiting_children, id)
+  elseif state == 'malformed' then
+    redis.call('ZREM', k.malformed, id)
+    redis.call('HDEL', k.malformed_why, id)
   end
 end
 
@@ -192,4 +299,50 @@ local function finish_job(id, set, now, keep_count, keep_age_ms)
     redis.call('ZADD', set, now, id)
     apply_retention(set, now, keep_count, keep_age_ms)
   end
+end
+
+-- -- Damaged jobs ------------------------------------------------------------------
+
+-- Job `id`, already taken out of every list and set, cannot be run: `problem`
+-- ({why, kind}) from job_problem. A hash is failed with MalformedJob naming
+-- the field; anything else is set aside in k.malformed with the reason.
+-- Returns 'failed' or 'malformed'.
+local function quarantine(id, problem, now)
+  local why = problem[1]
+  if problem[2] == 'field' then
+    local jk = PREFIX .. id
+    local reason = 'job ' .. id .. ' is malformed: ' .. why
+    redis.call('HSET', jk, 'failed_reason', reason, 'error_type', 'MalformedJob',
+      'stacktrace', '', 'finished_on', now, 'ended', 'failed')
+    redis.call('HDEL', jk, 'token')
+    emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', 'MalformedJob',
+      'stacktrace', '', 'attempts_made', jget(jk, 'attempts_made') or '0')
+    if on_fail_job then on_fail_job(id, reason, now) end
+    -- Its own options may be unreadable: the default retention of failed jobs.
+    finish_job(id, k.failed, now, DEFAULT_KEEP_FAILED_COUNT, DEFAULT_KEEP_FAILED_AGE_MS)
+    return 'failed'
+  end
+  redis.call('ZADD', k.malformed, now, id)
+  redis.call('HSET', k.malformed_why, id, why)
+  local excess = redis.call('ZCARD', k.malformed) - MALFORMED_CAP
+  if excess > 0 then
+    for _, old in ipairs(redis.call('ZRANGE', k.malformed, 0, excess - 1)) do
+      redis.call('HDEL', k.malformed_why, old)
+    end
+    redis.call('ZREMRANGEBYRANK', k.malformed, 0, excess - 1)
+  end
+  emit('event', 'malformed', 'id', id, 'reason', why)
+  return 'malformed'
+end
+
+-- check_lease for the scripts that write for a lease holder (complete, fail,
+-- progress, log ...): a malformed job is taken out of active and quarantined
+-- here (-6), so the write that found it costs nothing else.
+local function checked_lease(id, token, op, now)
+  local held, worker, problem = check_lease(id, token, op)
+  if held == -6 then
+    deactivate(id, worker)
+    quarantine(id, problem, now)
+  end
+  return held, worker
 end

@@ -11,21 +11,31 @@
 --     <job key>:ignored          HASH child job key -> failed reason (policy ignore)
 --     <job key>:failed_children  HASH child job key -> failed reason (policy fail)
 
--- The keys of the queue whose base is "<prefix>:{<queue>}".
-local function fq(base)
-  return {
-    base = base, id = base .. ':id', meta = base .. ':meta', wait = base .. ':wait',
-    prioritized = base .. ':prioritized', pc = base .. ':pc', delayed = base .. ':delayed',
-    active = base .. ':active', completed = base .. ':completed', failed = base .. ':failed',
-    waiting_children = base .. ':waiting-children', marker = base .. ':marker',
-    events = base .. ':events', job = base .. ':job:',
-  }
-end
-
--- A job key -> its queue's keys, its id.
+-- A job key -> its queue's keys (fq, from the generated keys include), its id.
+local FQ_CACHE = {}
 local function split_job_key(jk)
   local base = string.match(jk, '^(.-}):job:')
-  return fq(base), string.sub(jk, #base + 6)
+  local q = FQ_CACHE[base]
+  if not q then
+    q = fq(base)
+    FQ_CACHE[base] = q
+  end
+  return q, string.sub(jk, #base + 6)
+end
+
+-- A parent job key that is no job hash (damaged): set it aside in its queue
+-- (as quarantine in common.lua does for this queue). True when it was.
+local function parent_damaged(pk)
+  local t = redis.call('TYPE', pk).ok
+  if t == 'hash' or t == 'none' then return false end
+  local q, pid = split_job_key(pk)
+  for _, z in ipairs({'waiting_children', 'active', 'delayed', 'prioritized'}) do
+    redis.call('ZREM', q[z], pid)
+  end
+  redis.call('LREM', q.wait, 0, pid)
+  redis.call('ZADD', q.malformed, tonumber(redis.call('TIME')[1]) * 1000, pid)
+  redis.call('HSET', q.malformed_why, pid, 'its key holds a ' .. t .. ', not a job hash')
+  return true
 end
 
 -- "<queue>:<id>", how people (and failed reasons) name a job of a flow.
@@ -67,7 +77,8 @@ local function release_parent(pk)
   local q, pid = split_job_key(pk)
   if not redis.call('ZSCORE', q.waiting_children, pid) then return end
   redis.call('ZREM', q.waiting_children, pid)
-  fq_push_ready(q, pid, tonumber(redis.call('HGET', pk, 'priority')) or 0, false)
+  -- A damaged parent goes to wait all the same: the claim quarantines it.
+  fq_push_ready(q, pid, tonumber(jget(pk, 'priority')) or 0, false)
   fq_emit(q, 'event', 'waiting', 'id', pid, 'prev', 'waiting-children')
   fq_wake(q)
 end
@@ -75,8 +86,8 @@ end
 -- complete.lua: job `id` (this queue) completed with `value` (JSON).
 local function flow_completed(id, value)
   local ck = PREFIX .. id
-  local pk = redis.call('HGET', ck, 'parent')
-  if not pk or redis.call('EXISTS', pk) == 0 then return end
+  local pk = jget(ck, 'parent')
+  if not pk or redis.call('EXISTS', pk) == 0 or parent_damaged(pk) then return end
   redis.call('HSET', pk .. ':processed', ck, value)
   if redis.call('SREM', pk .. ':deps', ck) == 1 then release_parent(pk) end
 end
@@ -87,9 +98,9 @@ end
 -- running step job fails when it asks to wait: move_to_waiting_children).
 local function child_failed(ck, reason, now)
   while true do
-    local f = redis.call('HMGET', ck, 'parent', 'parent_policy')
+    local f = jmget(ck, 'parent', 'parent_policy') or {}
     local pk, policy = f[1], f[2] or 'fail'
-    if not pk or redis.call('EXISTS', pk) == 0 then return end
+    if not pk or redis.call('EXISTS', pk) == 0 or parent_damaged(pk) then return end
     if redis.call('SREM', pk .. ':deps', ck) == 0 then return end  -- not waited for
     if policy == 'ignore' then
       redis.call('HSET', pk .. ':ignored', ck, reason)
@@ -108,15 +119,16 @@ local function child_failed(ck, reason, now)
       'stacktrace', '', 'finished_on', now)
     redis.call('ZADD', q.failed, now, pid)
     fq_emit(q, 'event', 'failed', 'id', pid, 'reason', reason, 'error_type', 'ChildFailed',
-      'stacktrace', '', 'attempts_made', redis.call('HGET', pk, 'attempts_made') or '0')
+      'stacktrace', '', 'attempts_made', jget(pk, 'attempts_made') or '0')
     ck = pk
   end
 end
 
--- fail.lua / sweep_stalled.lua: job `id` (this queue) failed for good.
+-- fail.lua, sweep_stalled.lua, quarantine: job `id` (this queue) failed for good.
 local function flow_failed(id, reason, now)
   child_failed(PREFIX .. id, reason, now)
 end
+on_fail_job = flow_failed
 
 -- Delete the pending (not active) children of job key `jk`, and theirs, in
 -- whatever queue they are. Active ones run on; their parent is gone, so
@@ -171,7 +183,7 @@ end
 -- waits for it (as policy remove), and its pending children are deleted.
 on_delete_job = function(id)
   local jk = PREFIX .. id
-  local pk = redis.call('HGET', jk, 'parent')
+  local pk = jget(jk, 'parent')
   if pk and redis.call('SREM', pk .. ':deps', jk) == 1 then release_parent(pk) end
   delete_pending_children(jk)
 end

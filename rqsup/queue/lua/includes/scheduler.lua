@@ -20,7 +20,8 @@ end
 -- by retention: nothing is pending any more); nil while it is still waiting.
 local function run_started(job_id)
   if not job_id or job_id == '' then return '' end
-  local f = redis.call('HMGET', PREFIX .. job_id, 'processed_on', 'name')
+  local f = jmget(PREFIX .. job_id, 'processed_on', 'name')
+  if not f then return '' end  -- damaged: nothing is pending any more
   if f[1] then return f[1] end
   if not f[2] then return '' end
   return nil

@@ -1,0 +1,221 @@
+"""Running one job: from the hash a claim returned to an outcome queued in the pump.
+
+:func:`start` decodes and checks the job and starts its task; the task runs
+the processor (in this loop, a thread or a child) and :func:`complete` or
+:func:`fail` queue the outcome with the worker's pump. A job's timeout starts
+when the job is handed to its coroutine, thread or child, not when it was
+claimed (a prefetched job waits for a child first). A job task never raises:
+whatever goes wrong around the processor (a bug here) is logged with its
+traceback and the job is given back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rqsup import backoff
+from rqsup.errors import EncodeError, MalformedJob, WaitingChildren, error_info
+from rqsup.queue import codec
+from rqsup.queue.options import JobOptions
+from rqsup.queue.record import JobRecord, fields_of
+from rqsup.supervisor import flowjobs
+from rqsup.supervisor.active import ActiveJob, Running
+from rqsup.supervisor.child import ChildJobError
+from rqsup.supervisor.joblog import job_line
+from rqsup.supervisor.pool import NotDispatched
+from rqsup.supervisor.processors import JobTimedOut, RawJSON
+
+if TYPE_CHECKING:
+    from rqsup.supervisor.worker import Worker
+
+log = logging.getLogger("rqsup.worker")
+
+
+def start(w: Worker, job_id: str, token: str, fields: Any) -> None:
+    """A claim (or a hand-off) gave us this job: check it, then run it."""
+    try:
+        record = JobRecord(job_id, fields_of(fields))
+    except (TypeError, ValueError) as exc:
+        # Not even a hash reply: nothing to fail it with here; the orphan
+        # check gives it back and the claim script quarantines it.
+        log.error("queue %s: job %s came back unreadable from a claim (%s); giving it back",
+                  w.queue_name, job_id, exc)
+        w.pump.check_orphans = True
+        return
+    r = Running(record, token, JobOptions())
+    w.running[token] = r
+    try:
+        record.validate()
+        # Queue defaults (config) fill in what the job's own options left out;
+        # decode the options once either way.
+        r.options = (record.options_over(w.default_opts) if w.default_opts
+                     else record.options)
+        r.attempt = record.attempts_made + 1
+        r.attempts = r.options.attempts if "attempts" in w.default_opts else record.attempts
+    except MalformedJob as exc:
+        job_line(logging.ERROR, w.queue_name, job_id, r.attempt, r.attempts,
+                 "malformed: %s; failing it", exc.detail, error_type="MalformedJob")
+        fail(w, r, {"type": "MalformedJob", "message": str(exc), "stacktrace": "",
+                    "unrecoverable": True})
+        return
+    r.task = asyncio.create_task(execute(w, r), name=f"rqsup job {job_id}")
+    r.task.add_done_callback(lambda t: _ended(w, r, t))
+
+
+def _ended(w: Worker, r: Running, task: asyncio.Task[None]) -> None:
+    """A job task must end with its outcome queued or its lease given up."""
+    if task.cancelled():
+        if not (r.lost or r.finished):
+            w.abandon(r, "its task was cancelled")
+        return
+    exc = task.exception()
+    if exc is None:
+        return
+    job_line(logging.ERROR, w.queue_name, r.id, r.attempt, r.attempts,
+             "internal error around the processor", exc_info=exc)
+    if not r.finished:
+        w.abandon(r, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _sink(w: Worker, r: Running) -> Callable[[str, str], None]:
+    def sink(kind: str, payload: str) -> None:
+        if r.lost or r.finished:
+            return
+        if kind == "children":  # process mode: the child's job.add_children
+            flowjobs.on_children_message(w, r, payload)
+            return
+        if kind == "progress":
+            script = w.core.script("progress", r.id, r.token, payload)
+        else:
+            r.log_calls += 1
+            script = w.core.script("log", r.id, r.token, r.options.keep_logs, r.log_calls,
+                                   payload)
+        w.pump.write(r.id, r.token, script)
+
+    if w.mode == "async":
+        return sink
+    loop = asyncio.get_running_loop()
+
+    def from_thread(kind: str, payload: str) -> None:
+        loop.call_soon_threadsafe(sink, kind, payload)
+
+    return from_thread
+
+
+async def execute(w: Worker, r: Running) -> None:
+    sink = _sink(w, r)
+    timeout_s = r.options.timeout_ms / 1000 if r.options.timeout_ms else None
+    loop = asyncio.get_running_loop()
+    cm = asyncio.timeout(None)
+
+    def begin() -> None:
+        """The job is handed to its processor: its time starts now."""
+        r.started = time.monotonic()
+        if timeout_s is not None:
+            cm.reschedule(loop.time() + timeout_s)
+
+    try:
+        # A parent (flows) gets what its children left before it starts.
+        flow = await flowjobs.fetch(w, r) if flowjobs.is_parent(r) else None
+        async with cm:
+            if w.pool is not None:
+                def dispatched() -> None:
+                    r.dispatched = True
+                    w.pump.wake.set()  # a lingering pump re-checks the children's queue
+                    begin()
+
+                # Process mode hands the child the raw JSON: no ActiveJob here.
+                result: Any = RawJSON(await w.pool.run(
+                    r.id, r.record.name, r.record.raw.get("data") or "null", r.attempt - 1,
+                    sink, dispatched,
+                    flow=flowjobs.to_json(flow) if flow is not None else None,
+                    why=lambda: "timed out" if cm.expired() else (r.stop_reason or "cancelled"),
+                ))
+            else:
+                job = ActiveJob(r.record, sink, flow, flowjobs.spawner(w, r))
+                begin()
+                if w._threads is not None:
+                    fut = w._threads.submit(w.processor, job)  # type: ignore[arg-type]
+                    result = await asyncio.shield(fut)
+                else:
+                    result = await w.processor(job)  # type: ignore[operator]
+    except asyncio.CancelledError:
+        if r.lost:
+            return  # lease lost or shutdown: the outcome is not ours to write
+        raise
+    except TimeoutError as exc:
+        # The processor's own TimeoutError is an ordinary failure.
+        err: BaseException = exc
+        if cm.expired():
+            err = JobTimedOut(f"job timed out after {timeout_s:g}s (timeout option)")
+        fail(w, r, error_info(err))
+    except ChildJobError as exc:  # the processor raised, in its child
+        if exc.info.get("type") == "WaitingChildren":  # matched by name there
+            flowjobs.wait_children(w, r)
+        else:
+            fail(w, r, exc.info)
+    except NotDispatched:
+        r.lost = True  # never started: given back with the rest at close
+    except WaitingChildren:  # step jobs: not a failure, not a completion
+        flowjobs.wait_children(w, r)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        fail(w, r, error_info(exc))
+    else:
+        complete(w, r, result)
+
+
+def complete(w: Worker, r: Running, result: Any) -> None:
+    if r.lost:
+        return
+    if r.children_error:
+        fail(w, r, flowjobs.children_error_info(r))
+        return
+    try:
+        if isinstance(result, RawJSON):
+            encoded = result.text  # encoded (and checked) by the child
+        else:
+            encoded = codec.encode(result, f"result of job {r.id}")
+    except EncodeError as exc:
+        info = error_info(exc)
+        info["unrecoverable"] = True
+        fail(w, r, info)
+        return
+    keep = r.options.completed_retention
+    r.finished = True
+    w.pump.complete(r.id, r.token, [r.id, r.token, encoded, keep["count"], keep["age_ms"]])
+
+
+def fail(w: Worker, r: Running, info: dict[str, Any]) -> None:
+    if r.lost:
+        return
+    if info.get("rate_limit_delay_s") is not None:  # RateLimited: not a failure
+        r.finished = True
+        delay_ms = round(float(info["rate_limit_delay_s"]) * 1000)
+        w.pump.end(r.id, r.token, w.core.script("rate_limited", r.id, r.token, delay_ms))
+        return
+    message = str(info.get("message") or info.get("type") or "error")
+    etype = str(info.get("type") or "Error")
+    delay_ms = -1
+    if not info.get("unrecoverable") and r.attempt < r.attempts:
+        try:
+            delay_ms = backoff.retry_delay_ms(
+                r.options.backoff, r.attempt, etype, message, r.record.raw.get("data"),
+                w.strategies,
+            )
+        except Exception as exc:  # a bad or unknown custom strategy
+            message = f"{message}; no retry: {exc}"
+            delay_ms = -1
+    keep = r.options.failed_retention
+    r.finished = True
+    r.error = (etype, message[:300])
+    r.retry_delay_ms = delay_ms
+    w.pump.fail(r.id, r.token, [
+        r.id, r.token, message[:4000], etype, str(info.get("stacktrace") or ""), delay_ms,
+        keep["count"], keep["age_ms"], r.attempts if "attempts" in w.default_opts else "",
+    ])
