@@ -294,8 +294,8 @@ class Worker:
                 await asyncio.sleep(delay)
         episode.ok()
         if ids:
-            log.warning("queue %s: gave back %d unfinished job(s) of %s: %s", self.queue_name, len(ids),
-                        worker_id, [codec.text(i) for i in ids])
+            log.warning("queue %s: gave back %d unfinished job(s) of %s: %s", self.queue_name,
+                        len(ids), worker_id, [codec.text(i) for i in ids])
 
     async def prepare(self) -> None:
         """Boot the child pool (process mode) before claiming anything."""
