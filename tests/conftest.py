@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from rqsup.redis_server import RedisServer
+from tests.procs import queues, start  # noqa: F401  (fixtures for supervisor tests)
 
 
 @pytest.fixture(scope="session")
