@@ -548,7 +548,7 @@ def test_a_flow_across_queues_is_refused_on_redis_cluster() -> None:
 
 def test_supervisor_killed_mid_flow_then_restarted_completes_it_once(
         tmp_path: Path, redis_url: str) -> None:
-    from tests.test_supervisor import Supervisor, config_text
+    from tests.procs import Supervisor, config_text
 
     name, qp, qc = f"sup-{uid()}", f"kp{uid()}", f"kc{uid()}"
     startlog = tmp_path / "starts"

@@ -616,7 +616,7 @@ def test_prod_config_example_scheduler_is_valid() -> None:
 
 @pytest.fixture
 def supervisors(tmp_path: Path) -> Iterator[Any]:
-    from tests.test_supervisor import Supervisor
+    from tests.procs import Supervisor
 
     started: list[Supervisor] = []
 
@@ -634,7 +634,7 @@ def test_two_supervisors_and_a_restart_keep_one_pending_run(tmp_path: Path, redi
                                                               supervisors: Any) -> None:
     import signal
 
-    from tests.test_supervisor import PROCS, config_text, started_ids, uid
+    from tests.procs import PROCS, config_text, started_ids, uid
 
     qname = f"sched-{uid()}"
     startlog = tmp_path / "starts"

@@ -206,27 +206,32 @@ end
 -- Lease check for the holder of `token`: 1 the lease is held; 0 this very
 -- token already ended the attempt with the same operation `op` ('completed',
 -- 'failed' ...: an idempotent resend); or a negative code. Also returns the
--- job's worker and, for -6 (malformed), what is wrong ({why, kind}).
+-- job's worker and, for -6 (malformed: the job is active but damaged), what
+-- is wrong ({why, kind}).
+local LEASE_FIELDS = {'token', 'ended', 'worker', 'name', unpack(INT_FIELDS)}
 local function check_lease(id, token, op)
   local jk = PREFIX .. id
-  local f = redis.pcall('HMGET', jk, 'token', 'ended', 'worker', 'attempts_made',
-    'attempts_started', 'stalled_count', 'attempts')
+  local f = redis.pcall('HMGET', jk, unpack(LEASE_FIELDS))
+  local in_active = redis.call('ZSCORE', k.active, id)
   if is_err(f) then
     return -6, nil, {'its key holds a ' .. redis.call('TYPE', jk).ok .. ', not a job hash', 'type'}
   end
   local tok = f[1]
-  local in_active = redis.call('ZSCORE', k.active, id)
   if tok == token then
     if in_active then
-      for i, name in ipairs({'attempts_made', 'attempts_started', 'stalled_count', 'attempts'}) do
-        if not int_ok(f[i + 3]) then return -6, f[3], {bad_int(name, f[i + 3]), 'field'} end
+      if not f[4] then return -6, f[3], {"field 'name' is missing", 'field'} end
+      for i, name in ipairs(INT_FIELDS) do
+        if not int_ok(f[i + 4]) then return -6, f[3], {bad_int(name, f[i + 4]), 'field'} end
       end
       return 1, f[3]
     end
     if op and f[2] == op then return 0, f[3] end
     return -3, f[3]
   end
-  if not tok and redis.call('EXISTS', jk) == 0 then return -1 end
+  if not tok and redis.call('EXISTS', jk) == 0 then
+    if in_active then return -6, nil, {'no job hash exists for this id', 'missing'} end
+    return -1
+  end
   if in_active then return -2, f[3] end
   return -3, f[3]
 end

@@ -23,21 +23,6 @@ local function split_job_key(jk)
   return q, string.sub(jk, #base + 6)
 end
 
--- A parent job key that is no job hash (damaged): set it aside in its queue
--- (as quarantine in common.lua does for this queue). True when it was.
-local function parent_damaged(pk)
-  local t = redis.call('TYPE', pk).ok
-  if t == 'hash' or t == 'none' then return false end
-  local q, pid = split_job_key(pk)
-  for _, z in ipairs({'waiting_children', 'active', 'delayed', 'prioritized'}) do
-    redis.call('ZREM', q[z], pid)
-  end
-  redis.call('LREM', q.wait, 0, pid)
-  redis.call('ZADD', q.malformed, tonumber(redis.call('TIME')[1]) * 1000, pid)
-  redis.call('HSET', q.malformed_why, pid, 'its key holds a ' .. t .. ', not a job hash')
-  return true
-end
-
 -- "<queue>:<id>", how people (and failed reasons) name a job of a flow.
 local function job_ref(jk)
   local q, id = split_job_key(jk)
@@ -55,6 +40,28 @@ local function fq_wake(q)
   if redis.call('HEXISTS', q.meta, 'paused') == 0 then
     redis.call('ZADD', q.marker, 0, 'w')
   end
+end
+
+-- A parent job key that is no job hash (damaged, or gone while its id still
+-- waits in waiting-children): set it aside in its queue (as quarantine in
+-- common.lua does for this queue). True when it was.
+local function parent_damaged(pk)
+  local t = redis.call('TYPE', pk).ok
+  if t == 'hash' then return false end
+  local q, pid = split_job_key(pk)
+  if t == 'none' and not redis.call('ZSCORE', q.waiting_children, pid) then
+    return true  -- removed on purpose: nothing waits for it
+  end
+  for _, z in ipairs({'waiting_children', 'active', 'delayed', 'prioritized'}) do
+    redis.call('ZREM', q[z], pid)
+  end
+  redis.call('LREM', q.wait, 0, pid)
+  redis.call('ZADD', q.malformed, tonumber(redis.call('TIME')[1]) * 1000, pid)
+  local why = t == 'none' and 'no job hash exists for this id'
+    or ('its key holds a ' .. t .. ', not a job hash')
+  redis.call('HSET', q.malformed_why, pid, why)
+  fq_emit(q, 'event', 'malformed', 'id', pid, 'reason', why)
+  return true
 end
 
 -- push_ready (common.lua) for any queue.
@@ -87,7 +94,7 @@ end
 local function flow_completed(id, value)
   local ck = PREFIX .. id
   local pk = jget(ck, 'parent')
-  if not pk or redis.call('EXISTS', pk) == 0 or parent_damaged(pk) then return end
+  if not pk or parent_damaged(pk) then return end
   redis.call('HSET', pk .. ':processed', ck, value)
   if redis.call('SREM', pk .. ':deps', ck) == 1 then release_parent(pk) end
 end
@@ -100,7 +107,7 @@ local function child_failed(ck, reason, now)
   while true do
     local f = jmget(ck, 'parent', 'parent_policy') or {}
     local pk, policy = f[1], f[2] or 'fail'
-    if not pk or redis.call('EXISTS', pk) == 0 or parent_damaged(pk) then return end
+    if not pk or parent_damaged(pk) then return end
     if redis.call('SREM', pk .. ':deps', ck) == 0 then return end  -- not waited for
     if policy == 'ignore' then
       redis.call('HSET', pk .. ':ignored', ck, reason)
