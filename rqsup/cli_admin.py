@@ -56,7 +56,8 @@ def _target(config: Path | None, url: str | None, prefix: str | None
 def opened(name: str, url: str, prefix: str) -> Iterator[Queue]:
     """A Queue; library errors become one clear line and exit status 1."""
     from rqsup.errors import RqsupError
-    from rqsup.queue.connection import CONNECTION_ERRORS
+    from rqsup.queue.connection import CONNECTION_ERRORS, REDIS_ERRORS
+    from rqsup.queue.faults import describe
     from rqsup.queue.queue import Queue
 
     try:
@@ -71,6 +72,9 @@ def opened(name: str, url: str, prefix: str) -> Iterator[Queue]:
     except CONNECTION_ERRORS as exc:
         click.echo(f"rqsup: Redis at {_redact(url)} unreachable: {exc}", err=True)
         sys.exit(1)
+    except REDIS_ERRORS as exc:  # out of memory, no permission, a damaged key
+        click.echo(f"rqsup: {describe(exc)}", err=True)
+        sys.exit(1)
     finally:
         q.close()
 
@@ -81,14 +85,41 @@ def _redact(url: str) -> str:
     return redact_url(url)
 
 
+_JOB_FIELDS = ("name", "data", "attempts_made", "progress", "return_value", "failed_reason",
+               "error_type", "timestamp_ms", "processed_on_ms", "finished_on_ms", "worker")
+
+
 def job_json(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id, "name": job.name, "data": job.data, "attempts_made": job.attempts_made,
-        "progress": job.progress, "return_value": job.return_value,
-        "failed_reason": job.failed_reason, "error_type": job.error_type,
-        "timestamp_ms": job.timestamp_ms, "processed_on_ms": job.processed_on_ms,
-        "finished_on_ms": job.finished_on_ms, "worker": job.worker,
-    }
+    """A job as JSON; a damaged job shows what could be read, the rest as None,
+    and ``problems`` says what is broken."""
+    from rqsup.errors import MalformedJob
+
+    out: dict[str, Any] = {"id": job.id}
+    for name in _JOB_FIELDS:
+        try:
+            out[name] = getattr(job, name)
+        except MalformedJob:
+            out[name] = None
+    problems = job.problems()
+    if problems:
+        out["problems"] = problems
+    return out
+
+
+def _heartbeats(q: Queue, prefix: str) -> list[dict[str, Any]]:
+    """The live supervisors under ``prefix``, from their heartbeats."""
+    from rqsup.keys import supervisor_glob
+
+    found = []
+    for key in q.client.scan_iter(match=supervisor_glob(prefix), count=100):
+        raw: Any = q.client.get(key)
+        name = key.decode().rsplit(":", 1)[1]
+        try:
+            info = json.loads(raw) if raw else {}
+        except ValueError:
+            info = {}
+        found.append({**(info if isinstance(info, dict) else {}), "name": name})
+    return sorted(found, key=lambda s: s["name"])
 
 
 def register(main: click.Group) -> None:
@@ -110,15 +141,21 @@ def register(main: click.Group) -> None:
         for name in queues:
             with opened(name, url_, prefix_) as q:
                 out["queues"][name] = {"counts": q.counts(), "paused": q.is_paused(),
-                                       "limits": q.limits()}
+                                       "limits": q.limits(), "malformed": q.count_malformed()}
                 if not out["supervisors"]:
-                    keys = q.client.scan_iter(match=f"{prefix_}:supervisor:*", count=100)
-                    out["supervisors"] = sorted(
-                        k.decode().rsplit(":", 1)[1] for k in keys)
+                    out["supervisors"] = _heartbeats(q, prefix_)
         if as_json:
             click.echo(json.dumps(out))
             return
-        click.echo(f"supervisors alive: {', '.join(out['supervisors']) or 'none'}")
+        sups = out["supervisors"]
+        click.echo(f"supervisors alive: {', '.join(s['name'] for s in sups) or 'none'}")
+        for sup in sups:
+            for qi in sup.get("queues", []):
+                if qi.get("state") == "failed":
+                    click.echo(f"  supervisor {sup['name']}: queue {qi['name']} FAILED: "
+                               f"{qi.get('reason', '')}")
+            for task, err in (sup.get("degraded") or {}).items():
+                click.echo(f"  supervisor {sup['name']}: task {task} crash-looping: {err}")
         for name, info in out["queues"].items():
             counts = "  ".join(f"{s} {info['counts'].get(s, 0)}" for s in STATES)
             flags = " [paused]" if info["paused"] else ""
@@ -127,26 +164,44 @@ def register(main: click.Group) -> None:
                 flags += f" [rate {lim['max']}/{lim['duration_s']:g}s]"
             if lim["concurrency"]:
                 flags += f" [max active {lim['concurrency']}]"
+            if info["malformed"]:
+                counts += f"  malformed {info['malformed']}"
             click.echo(f"{name}{flags}: {counts}")
 
     @main.command()
     @click.argument("queue")
     @target_options
-    @click.option("--state", type=click.Choice(STATES), default="failed", show_default=True)
+    @click.option("--state", type=click.Choice((*STATES, "malformed")), default="failed",
+                  show_default=True)
     @click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
     @click.option("--json", "as_json", is_flag=True)
     def jobs(queue: str, config: Path | None, url: str | None, prefix: str | None,
              state: str, limit: int, as_json: bool) -> None:
-        """List jobs of QUEUE in one state (newest finished first)."""
+        """List jobs of QUEUE in one state (newest finished first); "malformed":
+        the ids set aside because their key is no job hash, with why."""
         url_, prefix_, _ = _target(config, url, prefix)
         with opened(queue, url_, prefix_) as q:
+            if state == "malformed":
+                aside = q.malformed(0, limit - 1)
+                if as_json:
+                    click.echo(json.dumps([{"id": i, "problems": [why], "set_aside_ms": at}
+                                           for i, why, at in aside]))
+                    return
+                for i, why, _at in aside:
+                    click.echo(f"{i}\tset aside: {why}")
+                return
             found = q.get_jobs(state, 0, limit - 1)
             if as_json:
                 click.echo(json.dumps([job_json(j) for j in found]))
                 return
             for j in found:
-                extra = f"  {j.error_type}: {j.failed_reason}" if j.failed_reason else ""
-                click.echo(f"{j.id}\t{j.name}\tattempts {j.attempts_made}{extra}")
+                info = job_json(j)
+                extra = f"  {info['error_type']}: {info['failed_reason']}" if info[
+                    "failed_reason"] else ""
+                broken = f"  BROKEN: {'; '.join(info['problems'])}" if "problems" in info else ""
+                click.echo(f"{j.id}\t{info['name'] or '?'}\tattempts "
+                           f"{info['attempts_made'] if info['attempts_made'] is not None else '?'}"
+                           f"{extra}{broken}")
 
     @main.command()
     @click.argument("queue")

@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -213,3 +216,36 @@ def log_time(line: str) -> float:
     """The timestamp of a text log line, in seconds."""
     stamp = line[:23]
     return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+class NotifySocket:
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="rqsup-notify-", dir="/tmp")
+        self.path = os.path.join(self.dir, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[dict[str, str]] = []
+
+    def next(self, pred: Callable[[dict[str, str]], bool], what: str,
+             timeout: float = 15.0) -> dict[str, str]:
+        """Receive until a message matching ``pred`` arrives; every message is kept."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {what} within {timeout}s; got {self.messages}")
+            self.sock.settimeout(left)
+            try:
+                raw = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            msg = dict(line.split("=", 1) for line in raw.decode().splitlines() if "=" in line)
+            self.messages.append(msg)
+            if pred(msg):
+                return msg
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+            os.rmdir(self.dir)

@@ -76,3 +76,45 @@ def test_bad_input_gets_a_clear_error(redis_url: str) -> None:
     assert result.exit_code == 1 and "unreachable" in result.output
     result = CliRunner().invoke(main, ["enqueue", "bad{name", "x", "--url", redis_url])
     assert result.exit_code == 2 and "bad{name" in result.output
+
+
+def test_admin_commands_show_what_they_can_of_damaged_jobs(redis_url: str) -> None:
+    """A job with a broken field, a key of the wrong type and an id set aside:
+    `jobs`, `status` and `events` show what could be read and say what is
+    broken, with exit status 0 (no traceback, no empty --json)."""
+    import redis as redis_lib
+
+    q = Queue("dmg", redis_url)
+    r = redis_lib.Redis.from_url(redis_url)
+    good = q.add("fine", {"n": 1})
+    bad = q.add("broken", {"n": 2})
+    r.hset(q.core.keys.job(bad.id), mapping={"data": "{nope", "attempts_made": "x"})
+    r.lpush(q.core.keys.wait, "ghost")
+    r.set(q.core.keys.job("ghost"), "junk")
+    code, out = run("jobs", "dmg", "--state", "wait", "--url", redis_url, "--json")
+    assert code == 0
+    listed = {j["id"]: j for j in json.loads(out)}
+    assert listed[good.id]["data"] == {"n": 1} and "problems" not in listed[good.id]
+    assert listed[bad.id]["name"] == "broken" and listed[bad.id]["data"] is None
+    assert any("'data' is not valid JSON" in p for p in listed[bad.id]["problems"])
+    assert any("'attempts_made' is not an integer" in p for p in listed[bad.id]["problems"])
+    assert any("not a job hash" in p for p in listed["ghost"]["problems"])
+    code, out = run("jobs", "dmg", "--state", "wait", "--url", redis_url)
+    assert code == 0 and "BROKEN" in out and "fine" in out
+    # A claim sets the wrong-type key aside: status counts it, jobs lists why.
+    q._driver.execute(q.core.script("claim", 10, "w", 30000))
+    code, out = run("status", "--queue", "dmg", "--url", redis_url, "--json")
+    assert code == 0 and json.loads(out)["queues"]["dmg"]["malformed"] == 1
+    code, out = run("status", "--queue", "dmg", "--url", redis_url)
+    assert code == 0 and "malformed 1" in out
+    code, out = run("jobs", "dmg", "--state", "malformed", "--url", redis_url, "--json")
+    assert code == 0 and json.loads(out)[0]["id"] == "ghost"
+    code, out = run("events", "dmg", "--url", redis_url, "--count", "50")
+    assert code == 0 and " malformed ghost " in out
+    # A key of the wrong type where the events stream should be: one clear line.
+    r.delete(q.core.keys.events)
+    r.set(q.core.keys.events, "junk")
+    result = CliRunner().invoke(main, ["events", "dmg", "--url", redis_url])
+    assert result.exit_code == 1 and "WRONGTYPE" in result.output
+    r.close()
+    q.close()

@@ -10,17 +10,13 @@ another test's (or another run's) processes.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
 import signal
-import socket
 import subprocess
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +28,7 @@ from tests.procs import (
     PROCS,
     REPO,
     RQSUP,
+    NotifySocket,
     alive,
     config_text,
     log_time,
@@ -341,39 +338,6 @@ def test_sighup_reload_applies_queue_changes_without_losing_jobs(
 
 
 # -- 7. sd_notify -------------------------------------------------------------------------------
-
-
-class NotifySocket:
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="rqsup-notify-", dir="/tmp")
-        self.path = os.path.join(self.dir, "notify.sock")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.messages: list[dict[str, str]] = []
-
-    def next(self, pred: Callable[[dict[str, str]], bool], what: str,
-             timeout: float = 15.0) -> dict[str, str]:
-        """Receive until a message matching ``pred`` arrives; every message is kept."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {what} within {timeout}s; got {self.messages}")
-            self.sock.settimeout(left)
-            try:
-                raw = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            msg = dict(line.split("=", 1) for line in raw.decode().splitlines() if "=" in line)
-            self.messages.append(msg)
-            if pred(msg):
-                return msg
-
-    def close(self) -> None:
-        self.sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-            os.rmdir(self.dir)
 
 
 def test_sd_notify_sequence(tmp_path: Path, redis_url: str, start: Any) -> None:

@@ -131,14 +131,21 @@ class AsyncQueue:
 
     async def get_job(self, job_id: str) -> AsyncJob | None:
         rec = await self._driver.drive(self.core.op_get_record(job_id))
-        return None if rec is None else AsyncJob(rec.id, rec.raw, self)
+        return None if rec is None else AsyncJob(rec.id, rec.raw, self, broken=rec.broken)
 
     async def get_jobs(self, state: str, start: int = 0, end: int = -1) -> list[AsyncJob]:
         recs = await self._driver.drive(self.core.op_get_records(state, start, end))
-        return [AsyncJob(r.id, r.raw, self) for r in recs]
+        return [AsyncJob(r.id, r.raw, self, broken=r.broken) for r in recs]
 
     async def counts(self) -> dict[str, int]:
         return await self._driver.drive(self.core.op_counts())
+
+    async def malformed(self, start: int = 0, end: int = -1) -> list[tuple[str, str, int]]:
+        """See :meth:`rqsup.Queue.malformed`."""
+        return await self._driver.drive(self.core.op_malformed(start, end))
+
+    async def count_malformed(self) -> int:
+        return await self._driver.drive(self.core.op_count_malformed())
 
     async def get_dedup_job_id(self, dedup_id: str) -> str | None:
         return await self._driver.drive(self.core.op_get_dedup_job_id(dedup_id))

@@ -161,9 +161,8 @@ class QueueCore:
     # -- reading --------------------------------------------------------------
 
     def op_get_record(self, job_id: str) -> Op[JobRecord | None]:
-        raw = yield Command(("HGETALL", self.keys.job(job_id)))
-        fields = fields_of(raw)
-        return JobRecord(job_id, fields) if fields else None
+        raw = yield Batch([Command(("HGETALL", self.keys.job(job_id)))], errors_in_place=True)
+        return _record(job_id, raw[0]) if raw[0] else None
 
     def op_require_record(self, job_id: str) -> Op[JobRecord]:
         rec = yield from self.op_get_record(job_id)
@@ -185,8 +184,26 @@ class QueueCore:
             ids = [codec.text(i) for i in raw]
         if not ids:
             return []
-        hashes = yield Batch([Command(("HGETALL", self.keys.job(i))) for i in ids])
-        return [JobRecord(i, fields_of(h)) for i, h in zip(ids, hashes, strict=True) if h]
+        hashes = yield Batch([Command(("HGETALL", self.keys.job(i))) for i in ids],
+                             errors_in_place=True)
+        return [_record(i, h) for i, h in zip(ids, hashes, strict=True) if h]
+
+    def op_malformed(self, start: int = 0, end: int = -1) -> Op[list[tuple[str, str, int]]]:
+        """Ids set aside because their key is no job hash: (id, why, when ms),
+        oldest first."""
+        raw = yield Command(("ZRANGE", self.keys.malformed, start, end, "WITHSCORES"))
+        # redis-py pairs the reply up, or not, depending on the protocol.
+        pairs = raw if raw and isinstance(raw[0], list | tuple) else list(zip(
+            raw[::2], raw[1::2], strict=True))
+        ids = [codec.text(i) for i, _at in pairs]
+        if not ids:
+            return []
+        why = yield Command(("HMGET", self.keys.malformed_why, *ids))
+        return [(i, codec.text(w), int(float(at))) for i, w, (_m, at) in
+                zip(ids, why, pairs, strict=True)]
+
+    def op_count_malformed(self) -> Op[int]:
+        return int((yield Command(("ZCARD", self.keys.malformed))))
 
     def op_counts(self) -> Op[dict[str, int]]:
         reqs = [
@@ -364,3 +381,9 @@ class QueueCore:
         return rec
 
 
+def _record(job_id: str, reply: Any) -> JobRecord:
+    """A job from its HGETALL reply; a key of another type gives a record that
+    says so (``broken``) instead of failing the whole listing."""
+    if isinstance(reply, Exception):
+        return JobRecord(job_id, {}, broken=f"its key is not a job hash ({reply})")
+    return JobRecord(job_id, fields_of(reply))

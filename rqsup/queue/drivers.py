@@ -59,7 +59,7 @@ class SyncDriver:
             return self._script(req)
         if isinstance(req, Command):
             return _run(self.client, *req.args)
-        return self._batch(req.requests)
+        return self._batch(req.requests, check=not req.errors_in_place)
 
     def _script(self, s: Script) -> Any:
         try:
@@ -68,7 +68,7 @@ class SyncDriver:
             self.load_scripts()
             return _run(self.client, *_eval_args(s))
 
-    def _batch(self, reqs: Sequence[Script | Command]) -> list[Any]:
+    def _batch(self, reqs: Sequence[Script | Command], check: bool = True) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for r in reqs:
             pipe.execute_command(*(_eval_args(r) if isinstance(r, Script) else r.args))  # type: ignore[no-untyped-call]
@@ -79,7 +79,7 @@ class SyncDriver:
                 if isinstance(res, NoScriptError):
                     # That call did not run; the others did and must not run twice.
                     results[i] = self._script(reqs[i])  # type: ignore[arg-type]
-        return _check(results)
+        return _check(results) if check else results
 
     def drive(self, op: Op[T]) -> T:
         try:
@@ -109,6 +109,8 @@ class AsyncDriver:
             return await self._script(req)
         if isinstance(req, Command):
             return await _arun(self.client, *req.args)
+        if req.errors_in_place:
+            return await self.execute_each(req.requests)
         return await self._batch(req.requests)
 
     async def _script(self, s: Script) -> Any:

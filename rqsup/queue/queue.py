@@ -148,14 +148,22 @@ class Queue:
 
     def get_job(self, job_id: str) -> Job | None:
         rec = self._driver.drive(self.core.op_get_record(job_id))
-        return None if rec is None else Job(rec.id, rec.raw, self)
+        return None if rec is None else Job(rec.id, rec.raw, self, broken=rec.broken)
 
     def get_jobs(self, state: str, start: int = 0, end: int = -1) -> list[Job]:
         recs = self._driver.drive(self.core.op_get_records(state, start, end))
-        return [Job(r.id, r.raw, self) for r in recs]
+        return [Job(r.id, r.raw, self, broken=r.broken) for r in recs]
 
     def counts(self) -> dict[str, int]:
         return self._driver.drive(self.core.op_counts())
+
+    def malformed(self, start: int = 0, end: int = -1) -> list[tuple[str, str, int]]:
+        """Ids set aside because their key is no job hash (damaged, or an id
+        whose hash is gone): ``(id, why, when in ms)``, oldest first."""
+        return self._driver.drive(self.core.op_malformed(start, end))
+
+    def count_malformed(self) -> int:
+        return self._driver.drive(self.core.op_count_malformed())
 
     def get_dedup_job_id(self, dedup_id: str) -> str | None:
         """The id of the job holding this deduplication id, or None."""

@@ -37,6 +37,33 @@ def fields_of(reply: Mapping[Any, Any] | Sequence[Any]) -> dict[str, str]:
 class JobRecord:
     id: str
     raw: dict[str, str] = field(repr=False)
+    #: Why the job's key could not be read as a job at all (None: it could).
+    broken: str | None = field(default=None, repr=False, kw_only=True)
+
+    def problems(self) -> list[str]:
+        """What is wrong with this job as stored (empty: nothing): for people
+        looking at a damaged job, next to whatever could be read."""
+        if self.broken:
+            return [self.broken]
+        out = []
+        if not self.raw.get("name"):
+            out.append("field 'name' is missing")
+        for name in _INT_FIELDS:
+            try:
+                self._int(name)
+            except MalformedJob as exc:
+                out.append(exc.detail)
+        for name in ("data", "opts", "progress", "returnvalue"):
+            try:
+                self._json(name)
+            except MalformedJob as exc:
+                out.append(exc.detail)
+        if not out:
+            try:
+                self.options  # noqa: B018  (decoding checks the option types)
+            except MalformedJob as exc:
+                out.append(exc.detail)
+        return out
 
     def _int(self, name: str) -> int:
         value = self.raw.get(name)

@@ -102,9 +102,12 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Several requests in one round trip (a non-transactional pipeline)."""
+    """Several requests in one round trip (a non-transactional pipeline).
+    ``errors_in_place``: a request that fails gives its exception as its reply
+    (a listing goes on past one damaged key) instead of raising."""
 
     requests: Sequence[Script | Command]
+    errors_in_place: bool = False
 
 
 Request = Script | Command | Batch

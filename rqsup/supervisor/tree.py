@@ -144,9 +144,9 @@ class Tree:
             e.in_a_row += 1
             e.restarts += 1
             e.last_error = f"{type(crash).__name__}: {crash}"
-            where = f" (queue {e.queue})" if e.queue else ""
-            log.error("task %s%s crashed (%d in a row, %d in all): %s", e.name, where,
-                      e.in_a_row, e.restarts, e.last_error, exc_info=crash)
+            extra = {"task": e.name, "queue": e.queue}
+            log.error("task %s crashed (%d in a row, %d in all): %s", e.name, e.in_a_row,
+                      e.restarts, e.last_error, exc_info=crash, extra=extra)
             if e.give_back is not None:
                 try:
                     await e.give_back(crash)
@@ -154,7 +154,8 @@ class Tree:
                     e.state = TaskState.STOPPED
                     raise
                 except Exception:
-                    log.exception("task %s%s: giving back what it held failed", e.name, where)
+                    log.exception("task %s: giving back what it held failed", e.name,
+                                  extra=extra)
             if e.stopping:
                 e.state = TaskState.STOPPED
                 return

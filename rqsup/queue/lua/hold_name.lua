@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 --[[ hold_name: a supervisor's name, held by one incarnation at a time.
 The key holds the holder's heartbeat (JSON with its "incarnation"), with a TTL.
 KEYS: [1] the supervisor key (rqsup.keys.supervisor_key)
@@ -9,6 +10,8 @@ ARGV: [1] op: 'take' (only if free, or if the value is still ARGV[4]: a dead
       ('take')
 Returns: 1 done; 0 refused, with the current value: {0, value}.
 Events: none.
+Runs while Redis is out of memory (allow-oom): the heartbeat replaces a value
+of the same size, and without it the supervisor would lose its name.
 ]]
 local key, op, inc = KEYS[1], ARGV[1], ARGV[2]
 local cur = redis.call('GET', key)
