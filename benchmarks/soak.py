@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.chaos import Chaos, Plan, table  # noqa: E402
+from tests.chaos import Chaos, Plan, table
 
 
 def main() -> int:
