@@ -27,7 +27,8 @@ OK = "ok"
 WARN = "warn"
 FAIL = "FAIL"
 
-MIN_REDIS = (6, 2)
+#: Script flags (``#!lua flags=allow-oom`` on renew and the heartbeat) need 7.0.
+MIN_REDIS = (7, 0)
 RECOMMENDED_REDIS = (7, 0)
 REDIS_TIMEOUT_S = 3.0
 #: How long a probe may take when the queue sets no boot timeout of its own.
@@ -255,7 +256,7 @@ def _unreachable(config: Config, name: str, exc: BaseException) -> CheckResult:
 def _version_result(version: str) -> CheckResult:
     parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if parts < MIN_REDIS:
-        return CheckResult("redis version", FAIL, f"{version}: rqsup needs Redis 6.2 or newer")
+        return CheckResult("redis version", FAIL, f"{version}: rqsup needs Redis 7.0 or newer")
     if parts < RECOMMENDED_REDIS:
         return CheckResult("redis version", WARN, f"{version}: works, 7.x is recommended")
     return CheckResult("redis version", OK, version)

@@ -19,6 +19,7 @@ import redis
 
 from rqsup.config import load_config
 from rqsup.errors import JobFailed
+from rqsup.keys import supervisor_key
 from rqsup.queue.queue import Job, Queue
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dev.toml"
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     sup = subprocess.Popen([sys.executable, "-m", "rqsup.cli", "start", args.config])
     ok = False
     try:
-        wait_ready(cfg.redis.url, f"{cfg.redis.prefix}:supervisor:{cfg.supervisor.name}", sup,
+        wait_ready(cfg.redis.url, supervisor_key(cfg.redis.prefix, cfg.supervisor.name), sup,
                    30)
         queues = {q.name: Queue(q.name, cfg.redis.url, prefix=cfg.redis.prefix)
                   for q in cfg.queues}

@@ -277,3 +277,30 @@ def test_process_mode_timeout_still_kills_a_job_that_runs_too_long(redis_url: st
 
     run(main)
 
+
+
+def test_json_log_lines_carry_the_job_fields() -> None:
+    import json
+
+    from rqsup.supervisor.health import JsonFormatter
+    from rqsup.supervisor.joblog import job_line
+    from rqsup.supervisor.joblog import log as joblog
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(JsonFormatter().format(record))
+
+    handler = Keep()
+    joblog.addHandler(handler)
+    try:
+        job_line(logging.WARNING, "q", "7", 2, 5, "failed: %s: %s; next attempt %s",
+                 "ValueError", "bad row", "in 4s", error_type="ValueError")
+    finally:
+        joblog.removeHandler(handler)
+    out = json.loads(lines[0])
+    assert out["msg"] == ("queue q: job 7 (attempt 2/5): failed: ValueError: bad row; "
+                          "next attempt in 4s")
+    assert (out["queue"], out["job_id"], out["attempt"], out["error_type"]) == (
+        "q", "7", 2, "ValueError")

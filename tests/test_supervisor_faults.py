@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from rqsup import Queue
 from rqsup.cli import main as cli_main
 from rqsup.redis_server import RedisServer, free_port
 from tests.helpers import wait_until
-from tests.procs import PROCS, NotifySocket, config_text, started_ids, uid, write
+from tests.procs import PROCS, REPO, RQSUP, NotifySocket, config_text, started_ids, uid, write
 
 
 def test_start_waits_for_redis_without_ready_and_a_stop_ends_the_wait(
@@ -130,3 +131,44 @@ def test_an_out_of_memory_episode_is_ridden_out(tmp_path: Path, private_redis: R
     assert sup.wait_exit(15) == 0
     q.close()
     r.close()
+
+
+def test_the_minimal_acl_is_enough_and_a_missing_command_is_named(
+        tmp_path: Path, start: Any) -> None:
+    """With the ACL docs/operations.md gives, the producer API, `rqsup check` and
+    a supervisor work; with TIME taken away, the supervisor stays up and logs
+    a permission error that says what rqsup needs (not a crash)."""
+    from rqsup.queue.faults import MINIMAL_ACL
+
+    ops = (REPO / "docs" / "operations.md").read_text()
+    assert MINIMAL_ACL.replace("<prefix>", "rqsup") in ops
+    server = RedisServer(tmp_path / "redis", unix_socket=False, appendonly=False).start()
+    admin = redis.Redis.from_url(server.url)
+    rules = MINIMAL_ACL.replace("<prefix>", "rqsup").split()
+    admin.execute_command("ACL", "SETUSER", "worker", "reset", "on", ">pw", *rules)
+    url = f"redis://worker:pw@127.0.0.1:{server.port}/0"
+    name, qname = f"sup-{uid()}", f"acl-{uid()}"
+    cfg = write(tmp_path / "s.toml", config_text(
+        url, name, [{"name": qname, "processor": f"{PROCS}:work", "mode": "thread"}]))
+    check = subprocess.run([RQSUP, "check", str(cfg)], capture_output=True, text=True,
+                           cwd=REPO, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    q = Queue(qname, url)
+    job = q.add("w", {"n": 4})
+    sup = start(cfg)
+    assert job.wait(15)["n2"] == 8
+    q.add_bulk([{"name": "w", "data": {"n": i}} for i in range(5)])
+    assert q.counts()["wait"] + q.counts()["completed"] >= 5
+    # Take one command away: loops log it (naming the needed ACL) and go on.
+    admin.execute_command("ACL", "SETUSER", "worker", "-time")
+    sup.wait_log(r"rqsup needs at least: ACL SETUSER", "the permission error", 15)
+    admin.execute_command("ACL", "SETUSER", "worker", "+time")
+    later = q.add("w", {"n": 5})
+    assert later.wait(15)["n2"] == 10
+    sup.check_running("after the permission episode")
+    assert "crashed" not in sup.log()
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit(15) == 0
+    q.close()
+    admin.close()
+    server.cleanup()

@@ -23,6 +23,12 @@ import time
 
 import redis
 
+#: The ACL rules rqsup needs on its key prefix (docs/operations.md, "Redis
+#: ACL"): the data commands, scripting, INFO (rqsup check) and TIME (scripts
+#: read the server clock), nothing dangerous, no pub/sub.
+MINIMAL_ACL = ("~<prefix>:* resetchannels -@all +@read +@write +@scripting +@connection "
+               "-@dangerous +info +time")
+
 #: What a Redis call can raise besides the errors a script returns on purpose.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, ConnectionError, OSError)
 
@@ -73,7 +79,7 @@ def classify(exc: BaseException) -> Fault:
         # Inside a script, Redis passes the inner command's error on.
         if text.startswith("OOM ") or "used memory > 'maxmemory'" in text:
             return Fault.OOM
-        if text.startswith("NOPERM"):
+        if text.startswith("NOPERM") or "can't run this command" in text:
             return Fault.NOPERM
         if text.startswith("READONLY"):
             return Fault.READONLY
@@ -92,9 +98,9 @@ def describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if fault is Fault.NOPERM:
         m = _NOPERM_CMD.search(text)
-        cmd = (m.group(1) or m.group(2)) if m else "a command"
-        return (f"Redis refused {cmd!r} for this user ({text}); the ACL rqsup needs is in "
-                "docs/operations.md (\"Redis ACL\")")
+        cmd = repr(m.group(1) or m.group(2)) if m else "a command (ACL LOG on the server names it)"
+        return (f"Redis refused {cmd} for this user ({text}); rqsup needs at least: ACL "
+                f"SETUSER <user> {MINIMAL_ACL} (docs/operations.md, \"Redis ACL\")")
     return f"Redis {fault.value}: {text}"
 
 

@@ -44,6 +44,9 @@ class ThreadRunner:
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        # An abandoned job's thread may fail after nobody waits for it: mark its
+        # error retrieved, or asyncio logs "exception was never retrieved".
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._items.put((fn, args, fut, loop))
         with self._lock:
             if self._idle > 0:

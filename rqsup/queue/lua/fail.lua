@@ -29,14 +29,14 @@ for i = 0, f - 1 do
   local id, token = ARGV[b], ARGV[b + 1]
   local reason, etype, stack = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   local delay = tonumber(ARGV[b + 5])
-  local held, worker = checked_lease(id, token, 'failed', now)
+  local held, worker, made = checked_lease(id, token, 'failed', now, 'attempts_made')
   if held == 1 then
     local jk = PREFIX .. id
     deactivate(id, worker)
-    local made = redis.call('HINCRBY', jk, 'attempts_made', 1)
+    made = made + 1
     local attempts = tonumber(ARGV[b + 8]) or tonumber(redis.call('HGET', jk, 'attempts')) or 1
     redis.call('HSET', jk, 'failed_reason', reason, 'error_type', etype, 'stacktrace', stack,
-      'ended', 'failed')
+      'ended', 'failed', 'attempts_made', made)
     if delay >= 0 and made < attempts then
       if delay > 0 then
         redis.call('ZADD', k.delayed, now + delay, id)

@@ -22,7 +22,7 @@ Events: waiting-children {id}; waiting {id, prev=active}; failed {id, reason,
 --@include flow
 local id, token = ARGV[1], ARGV[2]
 local now = now_ms()
-local held, worker = checked_lease(id, token, 'waiting-children', now)
+local held, worker, made = checked_lease(id, token, 'waiting-children', now, 'attempts_made')
 if held ~= 1 then return held end
 local jk = PREFIX .. id
 deactivate(id, worker)
@@ -48,9 +48,9 @@ else
   etype = 'NoChildren'
 end
 if reason then
-  local made = redis.call('HINCRBY', jk, 'attempts_made', 1)
+  made = made + 1
   redis.call('HSET', jk, 'failed_reason', reason, 'error_type', etype,
-    'stacktrace', '', 'finished_on', now)
+    'stacktrace', '', 'finished_on', now, 'attempts_made', made)
   emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', etype,
     'stacktrace', '', 'attempts_made', made)
   on_fail_job(id, reason, now)

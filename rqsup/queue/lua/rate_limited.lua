@@ -11,12 +11,13 @@ Events: rate-limited {id, delay}.
 --@include claim
 --@include flow
 local id, token, delay = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local held, worker = checked_lease(id, token, 'rate-limited', now_ms())
+local held, worker, started = checked_lease(id, token, 'rate-limited', now_ms(),
+  'attempts_started')
 if held ~= 1 then return held end
 local jk = PREFIX .. id
 deactivate(id, worker)
-redis.call('HSET', jk, 'ended', 'rate-limited')
-redis.call('HINCRBY', jk, 'attempts_started', -1)  -- this attempt does not count
+-- This attempt does not count.
+redis.call('HSET', jk, 'ended', 'rate-limited', 'attempts_started', math.max(started - 1, 0))
 redis.call('HDEL', jk, 'processed_on')  -- pending again (a scheduler's run too)
 push_ready(id, job_priority(id), true)
 if delay > 0 then set_manual_limit(delay) end

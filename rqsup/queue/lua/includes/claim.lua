@@ -77,18 +77,19 @@ local function wake_if_capped()
   end
 end
 
--- Make one (checked) job active for `worker`; returns its token and the
--- fields this changed, to append to the hash the caller read before.
-local function activate(id, worker, deadline, now)
-  local jk = PREFIX .. id
+-- Make one (checked) job active for `worker`; `started`: its attempts so far.
+-- Returns its token and the fields this changed, to append to the hash the
+-- caller read before.
+local function activate(id, worker, deadline, now, started)
   local token = tostring(redis.call('INCR', k.fence))
   redis.call('ZADD', k.active, deadline, id)
   redis.call('SADD', P.worker_jobs .. worker, id)
-  redis.call('HSET', jk, 'token', token, 'worker', worker, 'processed_on', now)
-  local started = redis.call('HINCRBY', jk, 'attempts_started', 1)
+  started = tostring(started + 1)
+  redis.call('HSET', PREFIX .. id, 'token', token, 'worker', worker, 'processed_on', now,
+    'attempts_started', started)
   emit('event', 'active', 'id', id)
   return token, {'token', token, 'worker', worker, 'processed_on', tostring(now),
-    'attempts_started', tostring(started)}
+    'attempts_started', started}
 end
 
 -- The hash as read, with what activate changed appended (a later field wins
@@ -130,7 +131,7 @@ local function hand_off(id, member, now)
   local sep = string.find(member, '|', 1, true)
   local lease_ms = tonumber(string.sub(member, 1, sep - 1))
   local worker = string.sub(member, sep + 1)
-  local token = activate(id, worker, now + lease_ms, now)
+  local token = activate(id, worker, now + lease_ms, now, 0)
   redis.call('SADD', k.workers, worker)
   local inbox = inbox_key(worker)
   redis.call('ZADD', inbox, now, cjson.encode({id, token, redis.call('HGETALL', PREFIX .. id)}))
@@ -148,7 +149,7 @@ local function take_inbox(worker, n, out, now)
       local item = cjson.decode(items[i])
       local f = jmget(PREFIX .. item[1], 'token', 'worker')
       if f and f[1] == item[2] and f[2] == worker then
-        local flat, problem = read_job(item[1])
+        local flat, problem = read_job(item[1])  -- activated already: only checked
         if problem then
           deactivate(item[1], worker)
           quarantine(item[1], problem, now)
@@ -181,16 +182,16 @@ local function claim_jobs(n, worker, lease_ms, now, idle_ms)
     end
     local good = {}
     for _, id in ipairs(ids) do
-      local flat, problem = read_job(id)
+      local flat, problem, started = read_job(id)
       if problem then
         quarantine(id, problem, now)
       else
-        good[#good + 1] = {id, flat}
+        good[#good + 1] = {id, flat, started}
       end
     end
     local deadline = now + lease_ms
     for _, g in ipairs(good) do
-      local token, changed = activate(g[1], worker, deadline, now)
+      local token, changed = activate(g[1], worker, deadline, now, g[3])
       out[#out + 1] = {g[1], token, with_fields(g[2], changed)}
     end
     if #good > 0 then redis.call('SADD', k.workers, worker) end

@@ -52,8 +52,6 @@ end
 -- Fields the scripts add to or compare as integers (HINCRBY refuses anything else).
 local INT_FIELDS = {'timestamp', 'delay', 'priority', 'attempts', 'attempts_made',
   'attempts_started', 'stalled_count', 'processed_on', 'finished_on'}
-local IS_INT_FIELD = {}
-for _, f in ipairs(INT_FIELDS) do IS_INT_FIELD[f] = true end
 
 local function int_ok(v)
   return (not v) or (#v < 19 and string.match(v, '^%-?%d+$') ~= nil)
@@ -82,8 +80,13 @@ local function job_problem(id)
   return nil
 end
 
--- HGETALL of job `id` (flat list) and, as job_problem, what is wrong with it.
--- One read: the claim's hot path checks the hash it returns anyway.
+-- HGETALL of job `id` (flat list) and, as job_problem, what is wrong with it
+-- for a claim: its key's type, its name, and the integers a claim touches
+-- (attempts_started, which it adds to; processed_on, which it replaces: the
+-- damage would otherwise vanish unseen). The rest of the hash the worker
+-- checks when it starts the job (JobRecord.validate), and fails it as
+-- MalformedJob through fail.lua.
+-- One read, and plain comparisons: this is the claim's hot path.
 local function read_job(id)
   local jk = PREFIX .. id
   local flat = redis.pcall('HGETALL', jk)
@@ -91,17 +94,21 @@ local function read_job(id)
     return nil, {'its key holds a ' .. redis.call('TYPE', jk).ok .. ', not a job hash', 'type'}
   end
   if #flat == 0 then return nil, {'no job hash exists for this id', 'missing'} end
-  local named = false
+  local named, started, processed = false, nil, nil
   for i = 1, #flat, 2 do
     local f = flat[i]
     if f == 'name' then
       named = flat[i + 1] ~= ''
-    elseif IS_INT_FIELD[f] and not int_ok(flat[i + 1]) then
-      return flat, {bad_int(f, flat[i + 1]), 'field'}
+    elseif f == 'attempts_started' then
+      started = flat[i + 1]
+    elseif f == 'processed_on' then
+      processed = flat[i + 1]
     end
   end
   if not named then return flat, {"field 'name' is missing", 'field'} end
-  return flat, nil
+  if not int_ok(started) then return flat, {bad_int('attempts_started', started), 'field'} end
+  if not int_ok(processed) then return flat, {bad_int('processed_on', processed), 'field'} end
+  return flat, nil, tonumber(started) or 0
 end
 
 -- Before writing to a job key found in a list or a set: {why, kind} (as
@@ -205,13 +212,13 @@ end
 
 -- Lease check for the holder of `token`: 1 the lease is held; 0 this very
 -- token already ended the attempt with the same operation `op` ('completed',
--- 'failed' ...: an idempotent resend); or a negative code. Also returns the
--- job's worker and, for -6 (malformed: the job is active but damaged), what
--- is wrong ({why, kind}).
-local LEASE_FIELDS = {'token', 'ended', 'worker', 'name', unpack(INT_FIELDS)}
-local function check_lease(id, token, op)
+-- 'failed' ...: an idempotent resend); or a negative code. `counter`: the
+-- integer field the caller is about to add to (attempts_made ...), checked
+-- and returned. Returns code, the job's worker, then for -6 (malformed: the
+-- job is active but damaged) what is wrong ({why, kind}), else the counter.
+local function check_lease(id, token, op, counter)
   local jk = PREFIX .. id
-  local f = redis.pcall('HMGET', jk, unpack(LEASE_FIELDS))
+  local f = redis.pcall('HMGET', jk, 'token', 'ended', 'worker', counter or 'worker')
   local in_active = redis.call('ZSCORE', k.active, id)
   if is_err(f) then
     return -6, nil, {'its key holds a ' .. redis.call('TYPE', jk).ok .. ', not a job hash', 'type'}
@@ -219,11 +226,10 @@ local function check_lease(id, token, op)
   local tok = f[1]
   if tok == token then
     if in_active then
-      if not f[4] then return -6, f[3], {"field 'name' is missing", 'field'} end
-      for i, name in ipairs(INT_FIELDS) do
-        if not int_ok(f[i + 4]) then return -6, f[3], {bad_int(name, f[i + 4]), 'field'} end
+      if counter and not int_ok(f[4]) then
+        return -6, f[3], {bad_int(counter, f[4]), 'field'}
       end
-      return 1, f[3]
+      return 1, f[3], counter and (tonumber(f[4]) or 0)
     end
     if op and f[2] == op then return 0, f[3] end
     return -3, f[3]
@@ -342,12 +348,14 @@ end
 
 -- check_lease for the scripts that write for a lease holder (complete, fail,
 -- progress, log ...): a malformed job is taken out of active and quarantined
--- here (-6), so the write that found it costs nothing else.
-local function checked_lease(id, token, op, now)
-  local held, worker, problem = check_lease(id, token, op)
+-- here (-6), so the write that found it costs nothing else. Returns code,
+-- worker, and the counter's value (see check_lease).
+local function checked_lease(id, token, op, now, counter)
+  local held, worker, extra = check_lease(id, token, op, counter)
   if held == -6 then
     deactivate(id, worker)
-    quarantine(id, problem, now)
+    quarantine(id, extra, now)
+    return held, worker
   end
-  return held, worker
+  return held, worker, extra
 end
