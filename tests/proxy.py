@@ -42,12 +42,16 @@ class LossyProxy:
         return self._marker is not None
 
     def stop(self) -> None:
-        def shut() -> None:
+        async def shut() -> None:
             if self._server is not None:
                 self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._loop.stop()
 
-        self._loop.call_soon_threadsafe(shut)
+        asyncio.run_coroutine_threadsafe(shut(), self._loop)
         self._thread.join(5)
 
     # -- the proxy ---------------------------------------------------------------------

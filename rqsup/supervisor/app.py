@@ -29,7 +29,7 @@ from rqsup.queue.drivers import AsyncDriver
 from rqsup.queue.faults import Episode
 from rqsup.sdnotify import Notifier
 from rqsup.supervisor import maintenance, schedules
-from rqsup.supervisor.health import LagMonitor, setup_logging
+from rqsup.supervisor.health import LagMonitor, set_title, setup_logging
 from rqsup.supervisor.identity import Identity, NameInUse
 from rqsup.supervisor.pool import SandboxSettings, forkserver_context
 from rqsup.supervisor.status import StatusReporter
@@ -61,13 +61,6 @@ def sandbox_settings(sb: SandboxConfig) -> SandboxSettings:
         idle_timeout_s=sb.idle_timeout_s, boot_timeout_s=sb.boot_timeout_s, nice=sb.nice,
         user=sb.user, group=sb.group, rlimits=tuple(rlimits), kill_grace_s=sb.kill_grace_s,
     )
-
-
-def _title(text: str) -> None:
-    with contextlib.suppress(Exception):
-        import setproctitle
-
-        setproctitle.setproctitle(text)
 
 
 class Supervisor:
@@ -280,7 +273,7 @@ class Supervisor:
         if "@" in name:
             log.error("[supervisor].name must not contain '@', got %r", name)
             return 2
-        _title(f"rqsup: supervisor {name} starting")
+        set_title(f"rqsup: supervisor {name} starting")
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
@@ -324,7 +317,7 @@ class Supervisor:
         grace = self.config.supervisor.shutdown_grace_s
         if not starting:
             self.notifier.stopping(f"stopping: draining for up to {grace:g}s")
-            _title(f"rqsup: supervisor {self.config.supervisor.name} stopping")
+            set_title(f"rqsup: supervisor {self.config.supervisor.name} stopping")
             log.info("stopping: no more claims; running jobs get up to %gs", grace)
         closing = [asyncio.create_task(w.close(grace)) for w in self.workers.values()]
         pending: set[asyncio.Task[Any]] = set(closing) | set(self.retiring.values())

@@ -7,6 +7,7 @@ whether the supervisor can still renew leases and answer systemd on time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -18,6 +19,14 @@ from rqsup.supervisor.joblog import FIELDS
 log = logging.getLogger("rqsup.supervisor")
 
 LAG_TICK_S = 0.05
+
+
+def set_title(text: str) -> None:
+    """The process title (``ps``, ``top``); a missing setproctitle is fine."""
+    with contextlib.suppress(Exception):
+        import setproctitle
+
+        setproctitle.setproctitle(text)
 
 
 class LagMonitor:

@@ -12,7 +12,6 @@ renewer, the heartbeat) keeps crashing, or every queue is failed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -20,18 +19,12 @@ from typing import TYPE_CHECKING, Any
 from rqsup import __version__
 from rqsup.queue.connection import REDIS_ERRORS
 from rqsup.queue.faults import Episode
+from rqsup.supervisor.health import set_title
 
 if TYPE_CHECKING:
     from rqsup.supervisor.app import Supervisor
 
 log = logging.getLogger("rqsup.supervisor")
-
-
-def _title(text: str) -> None:
-    with contextlib.suppress(Exception):
-        import setproctitle
-
-        setproctitle.setproctitle(text)
 
 
 class StatusReporter:
@@ -144,7 +137,7 @@ class StatusReporter:
         while True:
             await asyncio.sleep(min(s.status_interval_s, 1.0))
             running = sum(w.busy_count() for w in self.sup.workers.values())
-            _title(f"rqsup: supervisor {s.name} ({running} running)")
+            set_title(f"rqsup: supervisor {s.name} ({running} running)")
             if time.monotonic() - last >= s.status_interval_s:
                 last = time.monotonic()
                 text = self.text(await self.waiting())

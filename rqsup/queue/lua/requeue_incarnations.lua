@@ -22,17 +22,9 @@ for _, worker in ipairs(redis.call('SMEMBERS', k.workers)) do
   if ours(worker) then
     for _, id in ipairs(redis.call('SMEMBERS', mine)) do
       local jk = PREFIX .. id
-      if redis.call('ZSCORE', k.active, id) and (jget(jk, 'worker') or worker) == worker then
-        local problem = job_problem(id)
-        deactivate(id, worker)
-        if problem then
-          quarantine(id, problem, now)
-        else
-          redis.call('HDEL', jk, 'token')
-          push_ready(id, job_priority(id), true)
-          emit('event', 'requeued', 'id', id, 'worker', worker)
-          out[#out + 1] = id
-        end
+      if redis.call('ZSCORE', k.active, id) and (jget(jk, 'worker') or worker) == worker
+          and give_back(id, worker, false, now) then
+        out[#out + 1] = id
       end
     end
     redis.call('DEL', mine, inbox_key(worker))

@@ -40,17 +40,7 @@ for _, h in ipairs(held) do
     deactivate(id, worker)
     quarantine(id, job_problem(id) or {'unreadable', 'type'}, now)
   elseif f[1] == worker and not keep[f[2] or ''] then
-    local problem = job_problem(id)
-    deactivate(id, worker)
-    if problem then
-      quarantine(id, problem, now)
-    else
-      redis.call('HDEL', jk, 'token')
-      if ARGV[2] == '1' then redis.call('HINCRBY', jk, 'stalled_count', 1) end
-      push_ready(id, job_priority(id), true)
-      emit('event', 'requeued', 'id', id, 'worker', worker)
-      out[#out + 1] = id
-    end
+    if give_back(id, worker, ARGV[2] == '1', now) then out[#out + 1] = id end
   elseif f[1] ~= worker then
     redis.call('SREM', mine, id)  -- another worker holds it now
   end

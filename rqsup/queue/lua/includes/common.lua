@@ -346,6 +346,24 @@ local function quarantine(id, problem, now)
   return 'malformed'
 end
 
+-- Give back active job `id` of `worker` (close, crash, restart): to the front
+-- of the queue, its token void, or quarantined when damaged. True when it was
+-- requeued.
+local function give_back(id, worker, as_stall, now)
+  local problem = job_problem(id)
+  deactivate(id, worker)
+  if problem then
+    quarantine(id, problem, now)
+    return false
+  end
+  local jk = PREFIX .. id
+  redis.call('HDEL', jk, 'token')
+  if as_stall then redis.call('HINCRBY', jk, 'stalled_count', 1) end
+  push_ready(id, job_priority(id), true)
+  emit('event', 'requeued', 'id', id, 'worker', worker)
+  return true
+end
+
 -- check_lease for the scripts that write for a lease holder (complete, fail,
 -- progress, log ...): a malformed job is taken out of active and quarantined
 -- here (-6), so the write that found it costs nothing else. Returns code,
