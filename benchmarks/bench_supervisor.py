@@ -330,8 +330,8 @@ def _boot_proc(n: int, conn: Connection) -> None:
 async def _boot_run(n: int) -> dict[str, Any]:
     """Boot one child (cold: the forkserver starts too), then ``n`` times: stop the
     idle child, boot its replacement (what the pool does on recycle)."""
-    from rqsup.sandbox.child import ChildSpec
-    from rqsup.supervisor.child import Child
+    from rqsup.sandbox.runtime import ChildSpec
+    from rqsup.supervisor.child_handle import Child
     from rqsup.supervisor.pool import SandboxSettings, forkserver_context
 
     settings = SandboxSettings()

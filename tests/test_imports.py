@@ -25,7 +25,7 @@ def test_queue_package_never_imports_the_supervisor() -> None:
 
 def test_sandbox_imports_no_asyncio_or_redis() -> None:
     # What a child imports to boot (its processor aside).
-    mods = loaded_after("import rqsup.sandbox.child")
+    mods = loaded_after("import rqsup.sandbox.runtime")
     assert "asyncio" not in mods and "redis" not in mods
     assert not {m for m in mods if m.startswith(("rqsup.supervisor", "rqsup.queue"))}
 

@@ -4,7 +4,7 @@ The stdlib's forkserver children run ``spawn.prepare()``, which imports the
 launching program's ``__main__`` again from its path: under an application
 that embeds a worker, every child would import (and run the unguarded top
 level of) that program, costing tens of milliseconds and megabytes per
-child. A child runs ``rqsup.sandbox.child.child_main``, importable by name,
+child. A child runs ``rqsup.sandbox.runtime.child_main``, importable by name,
 so it needs no ``__main__``: this Process drops it from the preparation data.
 
 This module is pickled into each child (as the Process's class), so it

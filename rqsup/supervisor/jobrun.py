@@ -24,7 +24,7 @@ from rqsup.queue.options import JobOptions
 from rqsup.queue.record import JobRecord, fields_of
 from rqsup.supervisor import flowjobs
 from rqsup.supervisor.active import ActiveJob, Running
-from rqsup.supervisor.child import ChildJobError
+from rqsup.supervisor.child_handle import ChildJobError
 from rqsup.supervisor.joblog import job_line
 from rqsup.supervisor.pool import NotDispatched
 from rqsup.supervisor.processors import JobTimedOut, RawJSON

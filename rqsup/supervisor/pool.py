@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rqsup.sandbox.child import ChildSpec
-from rqsup.supervisor.child import Child, ChildCrashed, ChildJobError
+from rqsup.sandbox.runtime import ChildSpec
+from rqsup.supervisor.child_handle import Child, ChildCrashed, ChildJobError
 
 if TYPE_CHECKING:
     from rqsup.supervisor.tree import Supervised, Tree
@@ -61,7 +61,7 @@ def forkserver_context(preload: list[str]) -> Any:
     ctx = mp.get_context("forkserver")
     known = [m for m in os.environ.get("RQSUP_PRELOAD", "").split(",") if m]
     os.environ["RQSUP_PRELOAD"] = ",".join(dict.fromkeys([*known, *preload]))
-    ctx.set_forkserver_preload(["rqsup.sandbox.child", "rqsup.sandbox.preload"])
+    ctx.set_forkserver_preload(["rqsup.sandbox.runtime", "rqsup.sandbox.preload"])
     return ctx
 
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import psutil
 
-from rqsup.sandbox.child import ChildSpec, child_main
 from rqsup.sandbox.launch import ChildProcess
+from rqsup.sandbox.runtime import ChildSpec, child_main
 
 log = logging.getLogger("rqsup.pool")
 _HEADER = struct.Struct("!i")
