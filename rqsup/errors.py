@@ -8,7 +8,6 @@ plain dict made by :func:`error_info`.
 
 from __future__ import annotations
 
-import traceback
 from enum import IntEnum
 from typing import Any
 
@@ -168,13 +167,18 @@ def raise_for_code(code: int, job_id: str = "", operation: str = "", state: str 
     raise ScriptError(f"unknown return code {code} from {operation or 'script'}")
 
 
-def error_info(exc: BaseException, stack_limit: int = 30) -> dict[str, Any]:
-    """Describe an exception as plain data: type, message and a bounded stack trace."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=stack_limit))
-    return {
-        "type": type(exc).__qualname__,
-        "message": str(exc) or type(exc).__qualname__,
-        "stacktrace": tb[-8000:],
-        "unrecoverable": isinstance(exc, UnrecoverableError),
-        "rate_limit_delay_s": exc.delay_s if isinstance(exc, RateLimited) else None,
-    }
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """Describe an exception as plain data (type, message, a bounded stack trace,
+    and ``control``: what it asks of the worker instead of a plain failure), the
+    same in every mode: a child sends exactly this over its pipe
+    (rqsup.sandbox.protocol.error_data). Control-flow exceptions are told by
+    class."""
+    from rqsup.sandbox.protocol import error_data
+
+    if isinstance(exc, RateLimited):
+        return error_data(exc, control="rate_limited", delay_s=exc.delay_s)
+    if isinstance(exc, WaitingChildren):
+        return error_data(exc, control="waiting_children")
+    if isinstance(exc, UnrecoverableError):
+        return error_data(exc, control="unrecoverable")
+    return error_data(exc)

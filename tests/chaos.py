@@ -269,13 +269,15 @@ class Chaos:
             kind = self.rng.choices(kinds, [self.plan.weights[k] for k in kinds])[0]
         live = [s for s in self.sups if s.running()]
         if not live:
+            self._first_round.append(kind)
             return
         s = self.rng.choice(live)
         # A fault is recorded once the processes it takes down are dead: a job
         # that started in one of them before then is explained by it.
         if kind == "child-kill":
             kids = s.children(self.queue)
-            if not kids:
+            if not kids:  # still booting: try this kind again next time
+                self._first_round.append(kind)
                 return
             pid = self.rng.choice(kids)
             with contextlib.suppress(psutil.Error, ProcessLookupError):

@@ -1,4 +1,5 @@
-"""Imported by the forkserver at its start: imports the processor modules
+"""Imported by the forkserver at its start: makes it not dumpable (a child of
+the same uid cannot read its memory), then imports the processor modules
 named in ``RQSUP_PRELOAD`` (comma-separated) so that every child forked from
 it has them already.
 
@@ -14,6 +15,9 @@ import contextlib
 import importlib
 import os
 
+from rqsup.sandbox.hygiene import not_dumpable
+
+not_dumpable()
 for _name in filter(None, os.environ.get("RQSUP_PRELOAD", "").split(",")):
     with contextlib.suppress(BaseException):
         importlib.import_module(_name)

@@ -1,37 +1,56 @@
-"""The code a sandboxed child runs: hygiene at boot, then jobs over a pipe.
+"""The code a sandboxed child runs: hygiene at boot, then jobs over its pipe.
 
 Children are forked by a clean forkserver (never by the supervisor's running
-event loop). They hold no Redis connection: a job comes in over the pipe,
-progress, log lines and a result or an error go back. Nothing here imports
+event loop). They hold no Redis connection: a job comes in over the pipe;
+progress, log lines, new children and a result or an error go back, as the
+frames of :mod:`rqsup.sandbox.protocol` (data only). Nothing here imports
 asyncio or redis (a test checks it), so a child boots fast and holds no
-credentials.
+credentials. Exit codes are named (:data:`EXIT_BOOT_FAILED` ...), shared
+with the supervisor.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib
 import os
 import signal
 import sys
 import threading
 import time
-import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-import orjson
+from rqsup.errors import error_info
+from rqsup.sandbox import hygiene
+from rqsup.sandbox.job import DEFAULT_MAX_LOG_LINE, ActiveJob
+from rqsup.sandbox.protocol import (
+    FrameReader,
+    Kind,
+    ProtocolError,
+    decode,
+    dumps,
+    error_data,
+    frame,
+)
 
-#: prctl option: the kernel signals us when our parent dies.
-_PR_SET_PDEATHSIG = 1
-_RESET_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGCHLD")
+#: Exit codes of a child, as the supervisor reads them (out of the way of the
+#: small codes a processor's own os._exit or sys.exit would use).
+EXIT_STOPPED = 0        # asked to stop, or the supervisor's pipe closed
+EXIT_BOOT_FAILED = 81   # its processor could not be loaded (reported first)
+EXIT_PROTOCOL = 82      # the supervisor sent something it cannot read
+
+#: A result larger than this is refused by the child itself (the supervisor
+#: enforces it too: ``max_result`` of a queue's sandbox settings).
+DEFAULT_MAX_RESULT = 16 << 20
 
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """Everything a child needs, sent once at its start (pickled, local only)."""
+    """Everything a child needs, sent once at its start (pickled, by the
+    supervisor to the child: the trusted direction; local only)."""
 
     queue: str
     slot: int
@@ -41,57 +60,50 @@ class ChildSpec:
     user: str | int | None = None
     group: str | int | None = None
     rlimits: dict[str, int] = field(default_factory=dict)
+    #: Variables added to the scrubbed environment.
+    env: dict[str, str] = field(default_factory=dict)
+    #: The queue's default job options (stored form), under each job's own.
+    defaults: dict[str, Any] = field(default_factory=dict)
+    max_result_bytes: int = DEFAULT_MAX_RESULT
+    max_log_line: int = DEFAULT_MAX_LOG_LINE
+    #: Core dumps wanted (rlimit_core > 0): then the child stays dumpable.
+    dumpable: bool = False
 
 
-class ChildJob:
-    """What a processor gets in a child: the job, plus progress and logs."""
+class _Writer:
+    """Frames to the supervisor, whole, from any thread of the processor."""
 
-    __slots__ = ("_conn", "_flow", "attempts_made", "data", "id", "name")
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock()
 
-    def __init__(
-        self, conn: Connection, job_id: str, name: str, data: Any, attempts_made: int,
-        flow: str | None = None,
-    ) -> None:
-        self._conn = conn
-        self.id = job_id
-        self.name = name
-        self.data = data
-        self.attempts_made = attempts_made
-        #: A parent's children values and ignored failures (JSON text), or None.
-        self._flow = flow
+    def send(self, kind: Kind, body: bytes = b"") -> None:
+        data = memoryview(frame(kind, body))
+        with self._lock:
+            while data:
+                data = data[os.write(self.fd, data):]
 
-    def children_values(self) -> dict[str, Any]:
-        """Return values of the children that completed, by "<queue>:<id>"."""
-        return dict(orjson.loads(self._flow)["values"]) if self._flow else {}
 
-    def ignored_failures(self) -> dict[str, str]:
-        """Failed reasons of children with failure_policy "ignore", by "<queue>:<id>"."""
-        return dict(orjson.loads(self._flow)["ignored"]) if self._flow else {}
+class _ChildPort:
+    """An :class:`ActiveJob`'s reports, as frames."""
 
-    def add_children(self, children: Any) -> None:
-        """Add child jobs to this job (step jobs), then ``raise WaitingChildren()``
-        (``rqsup.WaitingChildren``, matched by name). The supervisor validates
-        them; invalid children fail this attempt when it ends."""
-        if not isinstance(children, list | tuple) or not children:
-            raise ValueError(f"add_children needs a non-empty list of jobs, got {children!r:.60}")
-        _send(self._conn, ("children", orjson.dumps(list(children)).decode()))
+    __slots__ = ("_w",)
 
-    def update_progress(self, value: Any) -> None:
-        _send(self._conn, ("progress", orjson.dumps(value).decode()))
+    def __init__(self, writer: _Writer) -> None:
+        self._w = writer
+
+    def progress(self, encoded: str) -> None:
+        self._w.send(Kind.PROGRESS, encoded.encode())
 
     def log(self, line: str) -> None:
-        _send(self._conn, ("log", str(line)))
+        self._w.send(Kind.LOG, line.encode("utf-8", "replace"))
 
-    def __repr__(self) -> str:
-        return f"ChildJob(id={self.id!r}, name={self.name!r})"
-
-
-_send_lock = threading.Lock()
-
-
-def _send(conn: Connection, msg: tuple[Any, ...]) -> None:
-    with _send_lock:  # a processor may report from threads of its own
-        conn.send(msg)
+    def children(self, nodes: list[Any]) -> None:
+        try:
+            body = dumps(nodes)
+        except TypeError as exc:
+            raise ValueError(f"add_children: the children are not JSON: {exc}") from None
+        self._w.send(Kind.CHILDREN, body)
 
 
 def _title(text: str) -> None:
@@ -99,45 +111,6 @@ def _title(text: str) -> None:
         import setproctitle
 
         setproctitle.setproctitle(text)
-
-
-def _hygiene(spec: ChildSpec, out_fd: int, alive: Connection) -> None:
-    """Die with the supervisor, own process group, default signals, limits."""
-    os.setpgid(0, 0)
-    for name in _RESET_SIGNALS:
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            signal.signal(sig, signal.SIG_DFL)
-    # Our parent is the forkserver, not the supervisor: watch the supervisor
-    # through a pipe only it holds open, and take our whole group down with it.
-    threading.Thread(target=_watch_supervisor, args=(alive,), daemon=True).start()
-    os.dup2(out_fd, 1)
-    os.dup2(out_fd, 2)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    if spec.nice:
-        os.nice(spec.nice)
-    import resource
-
-    for name, value in spec.rlimits.items():
-        res = getattr(resource, name)
-        resource.setrlimit(res, (value, value))
-    if spec.group is not None:
-        import grp
-
-        gid = spec.group if isinstance(spec.group, int) else grp.getgrnam(spec.group).gr_gid
-        os.setgroups([])
-        os.setgid(gid)
-    if spec.user is not None:
-        import pwd
-
-        uid = spec.user if isinstance(spec.user, int) else pwd.getpwnam(spec.user).pw_uid
-        os.setuid(uid)
-    # After any uid change (which clears it). Linux only; the alive pipe covers
-    # the rest. Our parent is the forkserver, which exits with the supervisor.
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _watch_supervisor(alive: Connection) -> None:
@@ -167,60 +140,82 @@ def _load(processor: str | bytes) -> Any:
     return fn
 
 
-def error_dict(exc: BaseException) -> dict[str, Any]:
-    """Like rqsup.errors.error_info, without importing the package's redis parts."""
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc) or type(exc).__name__,
-        "stacktrace": "".join(traceback.format_exception(exc))[-8000:],
-        "unrecoverable": bool(getattr(exc, "unrecoverable", False))
-        or type(exc).__name__ == "UnrecoverableError",
-        "rate_limit_delay_s": getattr(exc, "delay_s", None)
-        if type(exc).__name__ == "RateLimited" else None,
-    }
+def _run(spec: ChildSpec, fn: Any, w: _Writer, fields: Any) -> tuple[Kind, bytes]:
+    """One job: the frame that ends it."""
+    (job_id, name, data, attempts_made, attempts, timestamp_ms, opts, flow,
+     progress) = fields
+    options: Mapping[str, Any] = {**spec.defaults, **opts} if spec.defaults else (opts or {})
+    flow = flow or {}
+    job = ActiveJob(str(job_id), str(name), data, port=_ChildPort(w),
+                    attempts_made=int(attempts_made), attempts=int(attempts),
+                    timestamp_ms=int(timestamp_ms), options=options, progress=progress,
+                    children_values=flow.get("values"), ignored_failures=flow.get("ignored"),
+                    max_log_line=spec.max_log_line)
+    try:
+        result = fn(job)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: report them
+        return Kind.ERROR, dumps(error_info(exc))
+    try:
+        encoded = dumps(result)
+    except TypeError as exc:
+        err = error_data(exc, control="unrecoverable")
+        err.update(type="EncodeError", message=f"result of job {job_id} is not JSON: {exc}")
+        return Kind.ERROR, dumps(err)
+    if len(encoded) > spec.max_result_bytes:
+        err = error_data(ValueError(), control="unrecoverable")
+        err.update(type="ResultTooLarge",
+                   message=f"result of job {job_id} is {len(encoded)} bytes, over the cap of "
+                           f"{spec.max_result_bytes} (max_result)")
+        return Kind.ERROR, dumps(err)
+    return Kind.RESULT, encoded
 
 
 def child_main(spec: ChildSpec, conn: Connection, out: Connection, alive: Connection) -> None:
     """Entry point in the child (multiprocessing forkserver target)."""
     label = f"rqsup: child {spec.queue}#{spec.slot}"
+    w = _Writer(conn.fileno())
     try:
-        _hygiene(spec, out.fileno(), alive)
+        # setproctitle takes its space at its first call: before the
+        # environment is rewritten (it would find none to take).
         _title(f"{label} booting")
+        hygiene.boot(out_fd=out.fileno(), watch=lambda: _watch_supervisor(alive),
+                     nice=spec.nice, rlimits=spec.rlimits, user=spec.user, group=spec.group,
+                     env=spec.env, dumpable=spec.dumpable)
         fn = _load(spec.processor)
     except BaseException as exc:
         with contextlib.suppress(Exception):
-            _send(conn, ("boot_error", error_dict(exc)))
-        os._exit(1)
-    _send(conn, ("ready", os.getpid()))
+            w.send(Kind.BOOT_ERROR, dumps(error_data(exc)))
+        os._exit(EXIT_BOOT_FAILED)
+    w.send(Kind.READY, dumps({"pid": os.getpid()}))
     _title(f"{label} idle")
+    reader = FrameReader()
+    fd = conn.fileno()
     while True:
         try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            os._exit(0)
-        if msg[0] != "job":
-            os._exit(0)  # "stop", or anything we do not know
-        _, job_id, name, data_text, attempts_made, *rest = msg
-        _title(f"{label} busy job {job_id}")
-        started = time.monotonic()
+            chunk = os.read(fd, 1 << 16)
+        except OSError:
+            chunk = b""
+        if not chunk:  # the supervisor's end is closed
+            os._exit(EXIT_STOPPED)
         try:
-            job = ChildJob(conn, job_id, name, orjson.loads(data_text or "null"), attempts_made,
-                           rest[0] if rest else None)
-            result = fn(job)
+            frames = reader.feed(chunk)
+        except ProtocolError:
+            os._exit(EXIT_PROTOCOL)
+        for kind, body in frames:
+            if kind is not Kind.JOB:
+                os._exit(EXIT_STOPPED)  # STOP, or anything we do not know
             try:
-                encoded = orjson.dumps(result).decode()
-            except TypeError as exc:
-                info = error_dict(exc)
-                info["type"] = "EncodeError"
-                info["message"] = f"result of job {job_id} is not JSON: {exc}"
-                info["unrecoverable"] = True
-                reply: tuple[Any, ...] = ("error", info)
-            else:
-                reply = ("done", encoded)
-        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: report them
-            reply = ("error", error_dict(exc))
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        _send(conn, reply)
-        _title(f"{label} idle (last job {time.monotonic() - started:.1f}s)")
+                fields = decode(kind, body)
+            except ProtocolError:
+                os._exit(EXIT_PROTOCOL)
+            _title(f"{label} busy job {fields[0]}")
+            started = time.monotonic()
+            end, payload = _run(spec, fn, w, fields)
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            # Nothing the job started outlives it (daemons included: we are
+            # their subreaper).
+            hygiene.reap_descendants()
+            w.send(end, payload)
+            _title(f"{label} idle (last job {time.monotonic() - started:.1f}s)")

@@ -1,4 +1,5 @@
-"""What a processor sees: :class:`ActiveJob`, and the worker's record of it."""
+"""The worker's record of a job it runs (:class:`Running`), and the in-process
+side of :class:`ActiveJob` (the one job class every mode hands a processor)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rqsup.queue import codec
 from rqsup.queue.options import JobOptions
 from rqsup.queue.record import JobRecord
+from rqsup.sandbox.job import ActiveJob
 
 #: ("progress", json) or ("log", line): sent to the worker, which writes them fenced.
 Sink = Callable[[str, str], None]
@@ -19,69 +20,25 @@ Sink = Callable[[str, str], None]
 FlowInfo = tuple[dict[str, str], dict[str, str]]
 
 
-class ActiveJob:
-    """The job handed to a processor.
+class InProcessPort:
+    """An ActiveJob's reports in async and thread modes: into the worker's pump
+    (``sink``); ``spawn`` validates new children in the caller, so an invalid
+    one raises in the processor."""
 
-    ``update_progress`` and ``log`` never block on Redis: the worker writes
-    them in order, fenced by the job's lease, before the job's result.
-    """
+    __slots__ = ("_sink", "_spawn")
 
-    __slots__ = ("_flow", "_progress", "_sink", "_spawn", "attempts", "attempts_made", "data",
-                 "id", "name", "options", "timestamp_ms")
-
-    def __init__(self, record: JobRecord, sink: Sink, flow: FlowInfo | None = None,
-                 spawn: Callable[[Any], None] | None = None) -> None:
-        self.id = record.id
-        self.name = record.name
-        self.data = record.data
-        self.attempts_made = record.attempts_made
-        self.attempts = record.attempts
-        self.timestamp_ms = record.timestamp_ms
-        self.options = record.options
-        self._progress = record.progress
+    def __init__(self, sink: Sink, spawn: Callable[[Any], None]) -> None:
         self._sink = sink
-        self._flow = flow
         self._spawn = spawn
 
-    def __repr__(self) -> str:
-        return f"ActiveJob(id={self.id!r}, name={self.name!r})"
-
-    @property
-    def progress(self) -> Any:
-        return self._progress
-
-    def update_progress(self, value: Any) -> None:
-        """Report progress: a number or any JSON value."""
-        encoded = codec.encode(value, f"progress of job {self.id}")
-        self._progress = value
+    def progress(self, encoded: str) -> None:
         self._sink("progress", encoded)
 
     def log(self, line: str) -> None:
-        """Append a line to the job's log (kept up to the job's keep_logs)."""
-        self._sink("log", str(line))
+        self._sink("log", line)
 
-    # -- flows ------------------------------------------------------------------
-
-    def children_values(self) -> dict[str, Any]:
-        """Return values of the children that completed, by "<queue>:<id>"
-        (as of when this attempt started)."""
-        if not self._flow:
-            return {}
-        return {ref: codec.decode(v) for ref, v in self._flow[0].items()}
-
-    def ignored_failures(self) -> dict[str, str]:
-        """Failed reasons of children with failure_policy "ignore", by "<queue>:<id>"."""
-        return dict(self._flow[1]) if self._flow else {}
-
-    def add_children(self, children: Any) -> None:
-        """Add child jobs to this job (step jobs): a list of flow nodes
-        ``{"name", "queue", "data", "opts", "children"}`` (queue defaults to
-        this job's). Validated now (InvalidOption, EncodeError); written in
-        order with the job's other writes, fenced by its lease. Then ``raise
-        WaitingChildren()``: the job runs again when they have finished."""
-        if self._spawn is None:
-            raise RuntimeError("add_children is not available for this job")
-        self._spawn(children)
+    def children(self, nodes: list[Any]) -> None:
+        self._spawn(nodes)
 
 
 @dataclass(eq=False)
@@ -118,3 +75,6 @@ class Running:
     @property
     def id(self) -> str:
         return self.record.id
+
+
+__all__ = ["ActiveJob", "FlowInfo", "InProcessPort", "Running", "Sink"]

@@ -1,22 +1,28 @@
-"""One sandboxed child, seen from the supervisor: boot, run a job, stop.
+"""The supervisor's side of one sandboxed child: boot, run a job, stop.
 
+A child is untrusted (it runs user code; the supervisor holds the Redis
+credentials). Everything it sends is a frame of :mod:`rqsup.sandbox.protocol`
+read as data; a frame that does not parse, is too large or comes out of turn
+kills the child and fails its job with a protocol error. Its state is one
+:class:`ChildState`, changed only by :meth:`ChildHandle._to`. Its death is
+seen from its exit (a pidfd), not only from its pipe (a daemonized
+grandchild may hold that open). Its stdout and stderr are logged with caps.
 Messages are read from the event loop with ``add_reader`` (no thread per
-child). A child's death shows up at once as EOF on its pipe; its exit code
-or signal goes into the job's reason.
+child).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
-import pickle
 import signal
-import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
 from typing import Any
@@ -24,12 +30,38 @@ from typing import Any
 import psutil
 
 from rqsup.sandbox.launch import ChildProcess
-from rqsup.sandbox.runtime import ChildSpec, child_main
+from rqsup.sandbox.protocol import FrameReader, Kind, ProtocolError, check_error, decode, frame
+from rqsup.sandbox.runtime import EXIT_BOOT_FAILED, EXIT_PROTOCOL, ChildSpec, child_main
 
 log = logging.getLogger("rqsup.pool")
-_HEADER = struct.Struct("!i")
-_BIG = struct.Struct("!Q")
 out_log = logging.getLogger("rqsup.child")
+
+
+class ChildState(enum.Enum):
+    SPAWNING = "spawning"  # started, boot handshake not done
+    IDLE = "idle"          # booted, no job
+    BUSY = "busy"          # running a job
+    STOPPING = "stopping"  # asked to stop, or being killed
+    EXITED = "exited"      # gone (reaped or about to be)
+
+
+_NEXT = {
+    ChildState.SPAWNING: {ChildState.IDLE, ChildState.STOPPING, ChildState.EXITED},
+    ChildState.IDLE: {ChildState.BUSY, ChildState.STOPPING, ChildState.EXITED},
+    ChildState.BUSY: {ChildState.IDLE, ChildState.STOPPING, ChildState.EXITED},
+    ChildState.STOPPING: {ChildState.EXITED},
+    ChildState.EXITED: set(),
+}
+
+
+@dataclass(frozen=True)
+class ChildLimits:
+    """Caps on what a child may send (``[queues.sandbox]``)."""
+
+    max_result_bytes: int = 16 << 20
+    max_output_bytes: int = 1 << 20   # its stdout + stderr per job
+    max_output_line: int = 16 << 10
+    max_log_line: int = 16 << 10
 
 
 class ChildCrashed(Exception):
@@ -40,18 +72,16 @@ class MemoryLimitExceeded(ChildCrashed):
     """The child's process tree went over the hard memory limit; it was killed."""
 
 
+class ChildProtocolError(ChildCrashed):
+    """The child sent what the protocol does not allow; it was killed."""
+
+
 class ChildJobError(Exception):
-    """The processor raised in the child; ``info`` is the error as the child saw it."""
+    """The processor raised in the child; ``info`` is the error as the child sent it."""
 
     def __init__(self, info: dict[str, Any]) -> None:
         super().__init__(info.get("message", ""))
         self.info = info
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def describe_exit(code: int | None) -> str:
@@ -63,14 +93,21 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             name = f"signal {-code}"
         return f"child killed by {name}"
+    if code == EXIT_BOOT_FAILED:
+        return f"child exited with code {code} (its processor did not load)"
+    if code == EXIT_PROTOCOL:
+        return f"child exited with code {code} (it could not read the supervisor's frames)"
     return f"child exited with code {code}"
 
 
-class Child:
-    def __init__(self, queue: str, slot: int, generation: int) -> None:
+class ChildHandle:
+    def __init__(self, queue: str, slot: int, generation: int,
+                 limits: ChildLimits | None = None) -> None:
         self.queue = queue
         self.slot = slot
         self.generation = generation
+        self.limits = limits or ChildLimits()
+        self.state = ChildState.SPAWNING
         self.proc: Any = None
         self.conn: Connection | None = None
         self.out: Connection | None = None
@@ -78,25 +115,42 @@ class Child:
         self.job_id: str | None = None
         self.jobs_done = 0
         self.last_used = time.monotonic()
-        self.stopping = False
-        self._reply: asyncio.Future[tuple[Any, ...]] | None = None
+        self._reply: asyncio.Future[tuple[Kind, Any]] | None = None
         self._sink: Callable[[str, str], None] | None = None
         self._kill_reason: str | None = None
+        self._reader = FrameReader(max(self.limits.max_result_bytes + 1024, 1 << 20))
         self._partial = b""
-        self._inbuf = b""
+        self._out_bytes = 0
+        self._out_dropped = 0
+        self._pidfd: int | None = None
         self._ps: psutil.Process | None = None
         self._status_lock = threading.Lock()
-        #: The pipe hit EOF: the child is gone (or going).
-        self.dead = False
         #: Called when the child dies while idle (the pool replaces it).
-        self.on_idle_death: Callable[[Child], None] | None = None
+        self.on_idle_death: Callable[[ChildHandle], None] | None = None
 
     def __repr__(self) -> str:
-        return f"Child({self.queue}#{self.slot}, pid={self.pid})"
+        return f"ChildHandle({self.queue}#{self.slot}, pid={self.pid}, {self.state.value})"
+
+    @property
+    def dead(self) -> bool:
+        return self.state is ChildState.EXITED
+
+    def _to(self, new: ChildState, why: str = "") -> None:
+        """The one place a child's state changes."""
+        if new is self.state:
+            return
+        if new not in _NEXT[self.state]:
+            log.error("queue %s: child #%d pid %s: no transition %s -> %s (%s)", self.queue,
+                      self.slot, self.pid, self.state.value, new.value, why)
+            return
+        log.debug("queue %s: child #%d pid %s: %s -> %s%s", self.queue, self.slot, self.pid,
+                  self.state.value, new.value, f" ({why})" if why else "")
+        self.state = new
 
     # -- boot -----------------------------------------------------------------
 
-    async def boot(self, ctx: Any, spec: ChildSpec, alive_r: Connection, timeout_s: float) -> None:
+    async def boot(self, ctx: Any, spec: ChildSpec, alive_r: Connection,
+                   timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
         parent, child_end = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)
@@ -108,109 +162,188 @@ class Child:
         out_w.close()
         assert proc.pid is not None
         self.proc, self.conn, self.out, self.pid = proc, parent, out_r, proc.pid
+        with contextlib.suppress(OSError, AttributeError):
+            self._pidfd = os.pidfd_open(proc.pid)
+            loop.add_reader(self._pidfd, self._on_exit, "its process exited")
         os.set_blocking(out_r.fileno(), False)
+        os.set_blocking(parent.fileno(), False)
         loop.add_reader(out_r.fileno(), self._on_output)
         self._reply = loop.create_future()
-        # Blocking fd: sends stay simple; a read after readiness never blocks.
-        loop.add_reader(parent.fileno(), self._on_message)
+        loop.add_reader(parent.fileno(), self._on_readable)
         try:
             async with asyncio.timeout(timeout_s):
-                msg = await self._reply
+                kind, value = await self._reply
         except TimeoutError:
             await self.stop(0, kill=True)
             raise RuntimeError(f"child did not boot within {timeout_s:g}s") from None
         except ChildCrashed as exc:
             await self.stop(0, kill=True)
             raise RuntimeError(f"child died while booting: {exc}") from None
-        if msg[0] != "ready":
+        if kind is Kind.BOOT_ERROR:
             await self.stop(0, kill=True)
-            info = msg[1]
-            raise RuntimeError(f"{info['type']}: {info['message']}")
+            raise RuntimeError(f"{value['type']}: {value['message']}")
+        self._to(ChildState.IDLE, "booted")
 
     # -- jobs -----------------------------------------------------------------
 
-    async def run(
-        self, job_id: str, name: str, data_text: str, attempts_made: int,
-        sink: Callable[[str, str], None], flow: str | None = None,
-    ) -> str:
+    def take(self, job_id: str) -> None:
+        """An idle child is given a job (BUSY from here: nobody else takes it)."""
+        self.job_id = job_id
+        self._to(ChildState.BUSY, f"job {job_id}")
+
+    def release(self) -> None:
+        """A job taken but never sent (its wait was cancelled): idle again."""
+        if self.state is ChildState.BUSY and self._sink is None:
+            self.job_id = None
+            self._to(ChildState.IDLE, "job not sent")
+
+    async def run(self, job_frame: bytes, job_id: str, sink: Callable[[str, str], None]) -> str:
+        """Run the job this child was given (:meth:`take`), from its JOB frame;
+        its result as JSON text. Raises ChildJobError (the processor raised)
+        or ChildCrashed (the child died, or broke the protocol)."""
         assert self.conn is not None
+        if self.state is not ChildState.BUSY or self.job_id != job_id:
+            raise ChildCrashed(f"child is {self.state.value}, not given job {job_id}")
         self._reply = asyncio.get_running_loop().create_future()
         self._sink = sink
-        self.job_id = job_id
         self._kill_reason = None
+        self._out_bytes = self._out_dropped = 0
         try:
-            # Connection's framing, in one write (conn.send costs twice as much).
-            payload = pickle.dumps(("job", job_id, name, data_text, attempts_made, flow), 5)
-            if len(payload) < 1 << 16:
-                _write_all(self.conn.fileno(), _HEADER.pack(len(payload)) + payload)
-            else:
-                self.conn.send_bytes(payload)
-            msg = await self._reply
-        except (BrokenPipeError, ConnectionResetError, EOFError):
+            self._write(job_frame)
+            kind, value = await self._reply
+        except (BrokenPipeError, ConnectionResetError):
             raise ChildCrashed(await self._exit_reason()) from None
         finally:
-            self.job_id = None
-            self._sink = None
-            self.last_used = time.monotonic()
+            self._job_ended(job_id)
         self.jobs_done += 1
-        if msg[0] == "done":
-            return str(msg[1])
-        raise ChildJobError(msg[1])
+        if kind is Kind.RESULT:
+            return str(value)
+        raise ChildJobError(value)
+
+    def _job_ended(self, job_id: str) -> None:
+        if self._out_dropped:
+            out_log.warning("child %s#%d job %s: %d bytes of output dropped (over the cap of "
+                            "%d bytes per job: max_output)", self.queue, self.slot, job_id,
+                            self._out_dropped, self.limits.max_output_bytes)
+        self.job_id = None
+        self._sink = None
+        self.last_used = time.monotonic()
+        if self.state is ChildState.BUSY:
+            self._to(ChildState.IDLE, f"job {job_id} done")
+
+    def _write(self, data: bytes) -> None:
+        """A frame to the child; the pipe is non-blocking, so a child that does
+        not read cannot stall the loop: it is killed instead."""
+        assert self.conn is not None
+        view = memoryview(data)
+        deadline = time.monotonic() + 2.0
+        while view:
+            try:
+                view = view[os.write(self.conn.fileno(), view):]
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self._violation("it does not read its pipe")
+                    raise ChildCrashed("child does not read its pipe") from None
+                time.sleep(0.001)
 
     def memory_kill(self, reason: str) -> None:
         """Hard memory limit: kill now; the running job fails with ``reason``."""
         self._kill_reason = reason
-        self._kill_group(signal.SIGKILL)
+        self.kill_tree()
 
     # -- reading --------------------------------------------------------------
 
-    def _on_message(self) -> None:
-        """Read what the pipe holds and decode every whole frame in it.
-
-        The frames are multiprocessing.Connection's (a 4-byte big-endian
-        length, then a pickle); reading them ourselves takes one read per
-        wake-up instead of a poll and two reads per message.
-        """
+    def _on_readable(self) -> None:
         assert self.conn is not None
         try:
-            chunk = os.read(self.conn.fileno(), 1 << 16)
+            chunk = os.read(self.conn.fileno(), max(1 << 16, min(self._reader.want, 1 << 20)))
         except BlockingIOError:
             return
         except OSError:
             chunk = b""
         if not chunk:
-            self._on_eof()
+            self._on_exit("it closed its pipe")
             return
-        buf = self._inbuf + chunk if self._inbuf else chunk
-        pos, end = 0, len(buf)
-        while end - pos >= 4:
-            (n,) = _HEADER.unpack_from(buf, pos)
-            if n == -1:  # a frame over 2 GiB: 8 more bytes of length
-                if end - pos < 12:
-                    break
-                (n,) = _BIG.unpack_from(buf, pos + 4)
-                start = pos + 12
-            else:
-                start = pos + 4
-            if end - start < n:
-                break
-            msg = pickle.loads(buf[start:start + n])
-            pos = start + n
-            kind = msg[0]
-            if kind == "progress" or kind == "log" or kind == "children":
-                if self._sink is not None:
-                    self._sink(kind, msg[1])
-            elif self._reply is not None and not self._reply.done():
-                self._reply.set_result(msg)
-        self._inbuf = buf[pos:]
+        try:
+            frames = self._reader.feed(chunk)
+        except ProtocolError as exc:
+            self._violation(str(exc))
+            return
+        for kind, body in frames:
+            try:
+                self._handle(kind, body)
+            except ProtocolError as exc:
+                self._violation(str(exc))
+                return
 
-    def _on_eof(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.dead = True
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
+    def _handle(self, kind: Kind, body: bytes) -> None:
+        """One frame from the child, in the state it came in."""
+        state = self.state
+        if state is ChildState.STOPPING or state is ChildState.EXITED:
+            return
+        if kind in (Kind.READY, Kind.BOOT_ERROR):
+            if state is not ChildState.SPAWNING:
+                raise ProtocolError(f"a {kind.name} frame while {state.value}")
+            value = decode(kind, body)
+            if kind is Kind.BOOT_ERROR:
+                value = check_error(value)
+            self._resolve(kind, value)
+            return
+        if state is not ChildState.BUSY:
+            raise ProtocolError(f"a {kind.name} frame while {state.value}")
+        if kind is Kind.PROGRESS or kind is Kind.CHILDREN:
+            decode(kind, body)  # JSON, or a protocol error
+            if self._sink is not None:
+                self._sink("progress" if kind is Kind.PROGRESS else "children", body.decode())
+        elif kind is Kind.LOG:
+            line = decode(kind, body)
+            if len(line) > self.limits.max_log_line:
+                line = line[:self.limits.max_log_line] + f"... [cut: {len(line)} characters]"
+            if self._sink is not None:
+                self._sink("log", line)
+        elif kind is Kind.RESULT:
+            decode(kind, body)  # valid JSON, or a protocol error; stored as sent
+            self._resolve(kind, body.decode())
+        elif kind is Kind.ERROR:
+            self._resolve(kind, check_error(decode(kind, body)))
+        else:
+            raise ProtocolError(f"a {kind.name} frame from a child")
+
+    def _resolve(self, kind: Kind, value: Any) -> None:
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_result((kind, value))
+
+    def _violation(self, reason: str) -> None:
+        """The child broke the protocol: it is killed; its job fails saying why."""
+        log.error("queue %s: child #%d (pid %d) broke the protocol: %s; killing it", self.queue,
+                  self.slot, self.pid, reason)
+        self.kill_tree()
+        self._stop_reading()
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(
+                ChildProtocolError(f"protocol error: the child sent {reason}"))
+        self._to(ChildState.STOPPING, "protocol error")
+
+    def _stop_reading(self) -> None:
+        with contextlib.suppress(Exception):
+            loop = asyncio.get_running_loop()
+            if self.conn is not None:
                 loop.remove_reader(self.conn.fileno())
-        if self.job_id is None and not self.stopping and self.on_idle_death is not None:
+
+    def _on_exit(self, how: str) -> None:
+        """The child is gone (its process exited, or its pipe closed)."""
+        if self.state is ChildState.EXITED:
+            return
+        loop = asyncio.get_running_loop()
+        was = self.state
+        self._stop_reading()
+        if self._pidfd is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(self._pidfd)
+        if how == "it closed its pipe" and self.pid:
+            self.kill_tree()  # half-dead: pipe closed, process maybe alive
+        self._to(ChildState.EXITED, how)
+        if was is ChildState.IDLE and self.on_idle_death is not None:
             self.on_idle_death(self)
         if self._reply is not None and not self._reply.done():
             fut = self._reply
@@ -235,7 +368,7 @@ class Child:
                 break
             await asyncio.sleep(0.005)
         if code is None:
-            self._kill_group(signal.SIGKILL)  # half-dead: pipe closed, process alive
+            self.kill_tree()
             code = await loop.run_in_executor(None, self._join, 2.0)
         reason = describe_exit(code)
         if self._kill_reason:
@@ -269,10 +402,12 @@ class Child:
             code: int | None = self.proc.exitcode
             return code
 
+    # -- its output -------------------------------------------------------------
+
     def _on_output(self) -> None:
         assert self.out is not None
         try:
-            chunk = os.read(self.out.fileno(), 65536)
+            chunk = os.read(self.out.fileno(), 1 << 16)
         except BlockingIOError:
             return
         except OSError:
@@ -284,16 +419,24 @@ class Child:
                 self._log_line(self._partial)
                 self._partial = b""
             return
-        data = self._partial + chunk
+        data = self._partial + chunk if self._partial else chunk
         *lines, self._partial = data.split(b"\n")
         for line in lines:
             self._log_line(line)
-        if len(self._partial) > 65536:
+        if len(self._partial) > self.limits.max_output_line:
             self._log_line(self._partial)
             self._partial = b""
 
     def _log_line(self, raw: bytes) -> None:
-        text = raw.decode("utf-8", "replace").rstrip("\r")
+        """One line of the child's output, within the caps (counted per job)."""
+        self._out_bytes += len(raw) + 1
+        if self._out_bytes > self.limits.max_output_bytes:
+            self._out_dropped += len(raw) + 1
+            return
+        cap = self.limits.max_output_line
+        text = raw[:cap].decode("utf-8", "replace").rstrip("\r")
+        if len(raw) > cap:
+            text += f"... [cut: {len(raw)} bytes]"
         job = f" job {self.job_id}" if self.job_id else ""
         out_log.info("child %s#%d%s: %s", self.queue, self.slot, job, text)
 
@@ -312,49 +455,76 @@ class Child:
         except psutil.Error:
             return 0
 
-    def _kill_group(self, sig: int, *, fallback: bool = True) -> None:
-        """The child made its own group (pgid = pid) at boot; before that, only
-        the child itself can be signalled. No fallback once it was reaped: its
-        pid may belong to someone else by then."""
-        if not self.pid:
+    def kill_tree(self) -> None:
+        """SIGKILL the child and every descendant: its process group, and any
+        process that left the group (setsid, a double fork) but is still its
+        descendant, since a child is a subreaper. After the child is reaped
+        its pid may belong to someone else: then nothing is signalled."""
+        if not self.pid or self._exitcode() is not None:
+            return
+        own = os.getpgid(0)
+        try:
+            found = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            found = []
+        for p in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+                pgid = os.getpgid(p.pid)
+                if pgid not in (own, self.pid):
+                    os.killpg(pgid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p.pid, signal.SIGKILL)
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if not self.pid or self._exitcode() is not None:
             return
         try:
             os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            if fallback:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, sig)
-        except PermissionError:
+        except (ProcessLookupError, PermissionError):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(self.pid, sig)
 
     async def stop(self, grace_s: float, *, kill: bool = False) -> None:
-        """Ask the child to exit (or SIGTERM its group), SIGKILL after the grace."""
-        self.stopping = True
+        """Ask the child to exit (or SIGTERM its group), SIGKILL after the grace;
+        every descendant goes with it."""
+        if self.state is not ChildState.EXITED:
+            self._to(ChildState.STOPPING, "stopping")
         if self.proc is None:
             return
         loop = asyncio.get_running_loop()
         if kill:
-            self._kill_group(signal.SIGKILL)
+            self.kill_tree()
         else:
             with contextlib.suppress(Exception):
-                if self.conn is not None:
-                    self.conn.send(("stop",))
+                self._write(frame(Kind.STOP))
         code = await loop.run_in_executor(None, self._join, grace_s if not kill else 2.0)
         if code is None:
-            self._kill_group(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             code = await loop.run_in_executor(None, self._join, max(grace_s, 0.5))
             if code is None:
-                self._kill_group(signal.SIGKILL)
+                self.kill_tree()
                 await loop.run_in_executor(None, self._join, 2.0)
-        # Grandchildren that outlived their parent still hold the group.
-        self._kill_group(signal.SIGKILL, fallback=False)
+        self._stop_reading()
+        for fd in (self._pidfd,):
+            if fd is not None:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._pidfd = None
         for c in (self.conn, self.out):
             if c is not None:
                 with contextlib.suppress(Exception):
                     loop.remove_reader(c.fileno())
                 with contextlib.suppress(Exception):
                     c.close()
+        self._to(ChildState.EXITED, f"stopped ({describe_exit(code)})")
 
 
-__all__ = ["Child", "ChildCrashed", "ChildJobError", "MemoryLimitExceeded", "child_main"]
+__all__ = ["ChildCrashed", "ChildHandle", "ChildJobError", "ChildLimits", "ChildProtocolError",
+           "ChildState", "MemoryLimitExceeded"]

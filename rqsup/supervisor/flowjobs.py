@@ -104,7 +104,7 @@ def on_children_message(w: Worker, r: Running, payload: str) -> None:
 
 def children_error_info(r: Running) -> dict[str, Any]:
     return {"type": "InvalidOption", "message": r.children_error or "", "stacktrace": "",
-            "unrecoverable": True}
+            "control": "unrecoverable"}
 
 
 def wait_children(w: Worker, r: Running) -> None:

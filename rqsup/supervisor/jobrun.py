@@ -22,8 +22,9 @@ from rqsup.errors import EncodeError, MalformedJob, WaitingChildren, error_info
 from rqsup.queue import codec
 from rqsup.queue.options import JobOptions
 from rqsup.queue.record import JobRecord, fields_of
+from rqsup.sandbox.protocol import job_frame
 from rqsup.supervisor import flowjobs
-from rqsup.supervisor.active import ActiveJob, Running
+from rqsup.supervisor.active import ActiveJob, InProcessPort, Running
 from rqsup.supervisor.child_handle import ChildJobError
 from rqsup.supervisor.joblog import job_line
 from rqsup.supervisor.pool import NotDispatched
@@ -60,7 +61,7 @@ def start(w: Worker, job_id: str, token: str, fields: Any) -> None:
         job_line(logging.ERROR, w.queue_name, job_id, r.attempt, r.attempts,
                  "malformed: %s; failing it", exc.detail, error_type="MalformedJob")
         fail(w, r, {"type": "MalformedJob", "message": str(exc), "stacktrace": "",
-                    "unrecoverable": True})
+                    "control": "unrecoverable"})
         return
     r.task = asyncio.create_task(execute(w, r), name=f"rqsup job {job_id}")
     r.task.add_done_callback(lambda t: _ended(w, r, t))
@@ -128,15 +129,20 @@ async def execute(w: Worker, r: Running) -> None:
                     w.pump.wake.set()  # a lingering pump re-checks the children's queue
                     begin()
 
-                # Process mode hands the child the raw JSON: no ActiveJob here.
+                # Process mode hands the child the JSON texts as stored: the
+                # child decodes them (and builds the same ActiveJob).
+                raw = r.record.raw
+                frame = job_frame(
+                    r.id, r.record.name, raw.get("data") or "null", r.attempt - 1, r.attempts,
+                    r.record.timestamp_ms, raw.get("opts") or "{}",
+                    flowjobs.to_json(flow) if flow is not None else None,
+                    raw.get("progress") or None)
                 result: Any = RawJSON(await w.pool.run(
-                    r.id, r.record.name, r.record.raw.get("data") or "null", r.attempt - 1,
-                    sink, dispatched,
-                    flow=flowjobs.to_json(flow) if flow is not None else None,
+                    r.id, frame, sink, dispatched,
                     why=lambda: "timed out" if cm.expired() else (r.stop_reason or "cancelled"),
                 ))
             else:
-                job = ActiveJob(r.record, sink, flow, flowjobs.spawner(w, r))
+                job = active_job(w, r, sink, flow)
                 begin()
                 if w._threads is not None:
                     fut = w._threads.submit(w.processor, job)  # type: ignore[arg-type]
@@ -154,7 +160,7 @@ async def execute(w: Worker, r: Running) -> None:
             err = JobTimedOut(f"job timed out after {timeout_s:g}s (timeout option)")
         fail(w, r, error_info(err))
     except ChildJobError as exc:  # the processor raised, in its child
-        if exc.info.get("type") == "WaitingChildren":  # matched by name there
+        if exc.info.get("control") == "waiting_children":
             flowjobs.wait_children(w, r)
         else:
             fail(w, r, exc.info)
@@ -170,6 +176,21 @@ async def execute(w: Worker, r: Running) -> None:
         complete(w, r, result)
 
 
+def active_job(w: Worker, r: Running, sink: Callable[[str, str], None],
+               flow: Any) -> ActiveJob:
+    """The job a coroutine or thread processor gets: the same class, with the
+    same attributes, as a child's (rqsup.sandbox.job)."""
+    rec = r.record
+    values, ignored = flow if flow is not None else ({}, {})
+    stored = rec._json("opts") or {}
+    return ActiveJob(
+        rec.id, rec.name, rec.data, port=InProcessPort(sink, flowjobs.spawner(w, r)),
+        attempts_made=r.attempt - 1, attempts=r.attempts, timestamp_ms=rec.timestamp_ms,
+        options={**w.default_opts, **stored}, progress=rec.progress,
+        children_values={ref: codec.decode(v) for ref, v in values.items()},
+        ignored_failures=ignored)
+
+
 def complete(w: Worker, r: Running, result: Any) -> None:
     if r.lost:
         return
@@ -183,7 +204,7 @@ def complete(w: Worker, r: Running, result: Any) -> None:
             encoded = codec.encode(result, f"result of job {r.id}")
     except EncodeError as exc:
         info = error_info(exc)
-        info["unrecoverable"] = True
+        info["control"] = "unrecoverable"
         fail(w, r, info)
         return
     keep = r.options.completed_retention
@@ -194,15 +215,16 @@ def complete(w: Worker, r: Running, result: Any) -> None:
 def fail(w: Worker, r: Running, info: dict[str, Any]) -> None:
     if r.lost:
         return
-    if info.get("rate_limit_delay_s") is not None:  # RateLimited: not a failure
+    control = info.get("control")
+    if control == "rate_limited":  # RateLimited: not a failure
         r.finished = True
-        delay_ms = round(float(info["rate_limit_delay_s"]) * 1000)
+        delay_ms = round(min(max(float(info.get("delay_s") or 0), 0.0), 86_400.0) * 1000)
         w.pump.end(r.id, r.token, w.core.script("rate_limited", r.id, r.token, delay_ms))
         return
     message = str(info.get("message") or info.get("type") or "error")
     etype = str(info.get("type") or "Error")
     delay_ms = -1
-    if not info.get("unrecoverable") and r.attempt < r.attempts:
+    if control != "unrecoverable" and r.attempt < r.attempts:
         try:
             delay_ms = backoff.retry_delay_ms(
                 r.options.backoff, r.attempt, etype, message, r.record.raw.get("data"),

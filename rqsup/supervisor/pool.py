@@ -1,27 +1,39 @@
 """The child pool of one queue (process mode): pre-started, reused, supervised.
 
 Children come from a multiprocessing forkserver: a clean process, started by
-exec, that imported the processor modules once; it forks each child, so a
-child starts in milliseconds and never inherits the supervisor's event loop,
-sockets or threads. The pool boots children (handshake), hands them jobs,
-reads their messages from the event loop (``add_reader``; no thread per
-child), kills a child's whole process group on timeout, lease loss or a
-memory breach, and replaces children that crash, get old or grow fat.
+exec with a scrubbed environment and not dumpable, that imported the
+processor modules once; it forks each child, so a child starts in
+milliseconds and never inherits the supervisor's event loop, sockets,
+threads or secrets. The pool boots children (handshake), hands them jobs,
+reads their frames from the event loop, kills a child's whole tree on
+timeout, lease loss or a memory breach, and replaces children that crash,
+get old or grow fat. Each child has a state (:class:`ChildState`); each slot
+is filled, backing off after boot failures, or fatal after too many.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import logging
 import multiprocessing as mp
 import os
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from rqsup.sandbox.hygiene import scrubbed_env
 from rqsup.sandbox.runtime import ChildSpec
-from rqsup.supervisor.child_handle import Child, ChildCrashed, ChildJobError
+from rqsup.supervisor.child_handle import (
+    ChildCrashed,
+    ChildHandle,
+    ChildJobError,
+    ChildLimits,
+    ChildState,
+)
 
 if TYPE_CHECKING:
     from rqsup.supervisor.tree import Supervised, Tree
@@ -35,6 +47,14 @@ BOOT_BACKOFF_MAX_S = 30.0
 
 class NotDispatched(Exception):
     """A job that waited for a child when shutdown began: it was not started."""
+
+
+class SlotState(enum.Enum):
+    FILLED = "filled"      # a child (in whatever ChildState) holds the slot
+    BOOTING = "booting"    # a child is being started for it
+    BACKOFF = "backoff"    # its last boot failed; the next is waiting
+    FATAL = "fatal"        # boots keep failing: the queue's processor is failed
+                           # (retried every BOOT_BACKOFF_MAX_S all the same)
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,9 @@ class SandboxSettings:
     group: str | int | None = None
     rlimits: tuple[tuple[str, int], ...] = ()
     kill_grace_s: float = 2.0
+    #: Added to a child's scrubbed environment.
+    env: tuple[tuple[str, str], ...] = ()
+    limits: ChildLimits = field(default_factory=ChildLimits)
 
 
 def forkserver_context(preload: list[str]) -> Any:
@@ -65,6 +88,34 @@ def forkserver_context(preload: list[str]) -> Any:
     return ctx
 
 
+def start_forkserver() -> None:
+    """Start the forkserver now, with the scrubbed environment: a child is a
+    fork of it, and its initial environment (``/proc/self/environ``) is the
+    forkserver's, so the supervisor's secrets must never be in it."""
+    from multiprocessing import forkserver
+
+    if getattr(forkserver._forkserver, "_forkserver_pid", None):
+        return
+    saved = dict(os.environ)
+    clean = scrubbed_env(saved)
+    try:
+        os.environ.clear()
+        os.environ.update(clean)
+        forkserver.ensure_running()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def forkserver_pids() -> set[int]:
+    """The forkserver's and the resource tracker's pids (children of ours)."""
+    from multiprocessing import forkserver, resource_tracker
+
+    pids = {getattr(forkserver._forkserver, "_forkserver_pid", None),
+            getattr(resource_tracker._resource_tracker, "_pid", None)}
+    return {p for p in pids if p}
+
+
 class ChildPool:
     """``size`` children for one queue; ``await run(...)`` runs one job in one."""
 
@@ -76,6 +127,7 @@ class ChildPool:
         settings: SandboxSettings | None = None,
         *,
         ctx: Any = None,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         self.queue = queue
         self.settings = settings or SandboxSettings()
@@ -91,15 +143,16 @@ class ChildPool:
             preload = [processor.partition(":")[0]]
         self.ctx = ctx or forkserver_context(preload)
         self.size = size
-        self.children: list[Child | None] = [None] * size
-        self.idle: asyncio.Queue[Child] = asyncio.Queue()
+        self.defaults = dict(defaults or {})
+        self.children: list[ChildHandle | None] = [None] * size
+        self.slots: list[SlotState] = [SlotState.BOOTING] * size
+        #: Jobs waiting for a child, first come first served.
+        self._waiters: deque[tuple[asyncio.Future[ChildHandle], str]] = deque()
         self._alive_r, self._alive_w = mp.Pipe(duplex=False)
         self.boot_failures = 0
         #: Set when the processor keeps failing to boot: the queue stops claiming.
         self.failed: str | None = None
         self.closing = False
-        #: Jobs waiting for a child (prefetched, not dispatched yet).
-        self.waiting = 0
         #: Moving average of the time a job spends in a child (None: no job yet).
         self.avg_job_s: float | None = None
         #: Set by the worker's close: jobs still waiting for a child never start.
@@ -115,12 +168,18 @@ class ChildPool:
         self._first_round = asyncio.Event()
         self._attempts_left = 0
 
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting for a child (prefetched, not dispatched yet)."""
+        return len(self._waiters)
+
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self, tree: Tree) -> None:
         """Boot every slot; returns once each slot booted or failed a first time
         (a broken processor must not hold up the supervisor's other queues).
         The memory guard runs under ``tree`` (restarted if it crashes)."""
+        start_forkserver()
         self._attempts_left = self.size
         for slot in range(self.size):
             self._spawn(self._fill(slot), slot)
@@ -131,10 +190,21 @@ class ChildPool:
     def healthy(self) -> bool:
         """Claim only with a live child to run the job (none while booting fails)."""
         return (self.failed is None and not self.closing
-                and any(c is not None for c in self.children))
+                and any(c is not None and not c.dead for c in self.children))
 
     def busy_count(self) -> int:
-        return sum(1 for c in self.children if c is not None and c.job_id is not None)
+        return sum(1 for c in self.children if c is not None and c.state is ChildState.BUSY)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each slot: its child's pid, state and job (for the heartbeat)."""
+        out: list[dict[str, Any]] = []
+        for slot, c in enumerate(self.children):
+            if c is None:
+                out.append({"slot": slot, "state": self.slots[slot].value})
+            else:
+                out.append({"slot": slot, "pid": c.pid, "state": c.state.value,
+                            "job": c.job_id})
+        return out
 
     async def close(self) -> None:
         """Stop every child (busy ones are killed: the worker gave their jobs back)."""
@@ -143,6 +213,9 @@ class ChildPool:
             await self._tree.stop(self._guard)
         for t in list(self._tasks):
             t.cancel()
+        for fut, _job in self._waiters:
+            if not fut.done():
+                fut.cancel()
         await asyncio.gather(
             *(c.stop(self.settings.kill_grace_s) for c in self.children if c is not None),
             return_exceptions=True,
@@ -151,40 +224,72 @@ class ChildPool:
         self._alive_r.close()
 
     def replace_all(self) -> None:
-        """SIGHUP: retire every child once it is idle; new ones take their slots."""
+        """SIGHUP: retire every idle child now and every busy one when its job
+        ends; new ones take their slots."""
         self._generation += 1
-        while not self.idle.empty():
-            child = self.idle.get_nowait()
-            self._retire(child, "config reload")
+        for c in list(self.children):
+            if c is not None and c.state is ChildState.IDLE:
+                self._retire(c, "config reload")
 
     # -- running jobs -----------------------------------------------------------
 
-    async def run(
-        self, job_id: str, name: str, data_text: str, attempts_made: int,
-        sink: Callable[[str, str], None], on_dispatch: Callable[[], None] | None = None,
-        flow: str | None = None, why: Callable[[], str] | None = None,
-    ) -> str:
-        """Run one job in a child; its result as JSON text. Raises ChildJobError
-        (the processor raised), ChildCrashed (the child died); a cancel (timeout,
-        lease lost, shutdown: ``why()`` says which) kills the child's process
-        group."""
-        self.waiting += 1
+    def _idle_child(self) -> ChildHandle | None:
+        for c in self.children:
+            if c is not None and c.state is ChildState.IDLE:
+                return c
+        return None
+
+    def _child_free(self, child: ChildHandle) -> None:
+        """``child`` is idle: give it to the first job waiting, if any."""
+        while self._waiters:
+            fut, job_id = self._waiters.popleft()
+            if not fut.done():
+                child.take(job_id)
+                fut.set_result(child)
+                return
+
+    async def _acquire(self, job_id: str) -> ChildHandle:
+        child = self._idle_child()
+        if child is not None and not self._waiters:
+            child.take(job_id)
+            return child
+        fut: asyncio.Future[ChildHandle] = asyncio.get_running_loop().create_future()
+        entry = (fut, job_id)
+        self._waiters.append(entry)
+        if child is not None:
+            self._child_free(child)
         try:
-            child = await self.idle.get()
-            while child.dead:  # died while idle; its replacement is on the way
-                child = await self.idle.get()
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                got = fut.result()
+                got.release()  # taken for us, never used
+                self._child_free(got)
+            raise
         finally:
-            self.waiting -= 1
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(entry)
+
+    async def run(
+        self, job_id: str, job_frame: bytes, sink: Callable[[str, str], None],
+        on_dispatch: Callable[[], None] | None = None, why: Callable[[], str] | None = None,
+    ) -> str:
+        """Run one job (its JOB frame) in a child; its result as JSON text.
+        Raises ChildJobError (the processor raised), ChildCrashed (the child
+        died); a cancel (timeout, lease lost, shutdown: ``why()`` says which)
+        kills the child's whole tree."""
+        child = await self._acquire(job_id)
         if self.draining:
             # Shutdown began while this job waited for a child: it never
             # starts; the worker gives it back untouched.
-            self.idle.put_nowait(child)
+            child.release()
+            self._child_free(child)
             raise NotDispatched(job_id)
         if on_dispatch is not None:
             on_dispatch()
         began = time.monotonic()
         try:
-            result = await child.run(job_id, name, data_text, attempts_made, sink, flow)
+            result = await child.run(job_frame, job_id, sink)
             self._timed(began)
         except asyncio.CancelledError:
             self._retire(child, f"job {job_id} {why() if why else 'cancelled'}", kill=True)
@@ -205,7 +310,7 @@ class ChildPool:
         avg = self.avg_job_s
         self.avg_job_s = took if avg is None else avg + 0.05 * (took - avg)
 
-    def _release(self, child: Child) -> None:
+    def _release(self, child: ChildHandle) -> None:
         s = self.settings
         why = None
         if s.isolation == "per-job":
@@ -218,15 +323,16 @@ class ChildPool:
             why = f"memory {child.rss() >> 20} MiB over the soft limit"
         if why or self.closing:
             self._retire(child, why or "closing")
-        else:
-            self.idle.put_nowait(child)
+        elif child.state is ChildState.IDLE:
+            self._child_free(child)
 
-    def _retire(self, child: Child, why: str, *, kill: bool = False) -> None:
+    def _retire(self, child: ChildHandle, why: str, *, kill: bool = False) -> None:
         """Stop a child in the background and boot its replacement."""
         log.info("queue %s: child #%d (pid %s) recycled: %s", self.queue, child.slot,
                  child.pid, why)
         if self.children[child.slot] is child:
             self.children[child.slot] = None
+            self.slots[child.slot] = SlotState.BOOTING
 
         async def go() -> None:
             await child.stop(0 if kill else self.settings.kill_grace_s, kill=kill)
@@ -254,28 +360,38 @@ class ChildPool:
 
     # -- booting ----------------------------------------------------------------
 
+    def _spec(self, slot: int) -> ChildSpec:
+        s = self.settings
+        core = dict(s.rlimits).get("RLIMIT_CORE", 0)
+        return ChildSpec(
+            queue=self.queue, slot=slot, processor=self._processor, nice=s.nice, user=s.user,
+            group=s.group, rlimits=dict(s.rlimits), env=dict(s.env), defaults=self.defaults,
+            max_result_bytes=s.limits.max_result_bytes, max_log_line=s.limits.max_log_line,
+            dumpable=core > 0,
+        )
+
     async def _fill(self, slot: int) -> None:
         """Boot a child into ``slot``; boot failures back off, then mark failed."""
         while not self.closing:
-            child = Child(self.queue, slot, self._generation)
-            spec = ChildSpec(
-                queue=self.queue, slot=slot, processor=self._processor,
-                nice=self.settings.nice, user=self.settings.user, group=self.settings.group,
-                rlimits=dict(self.settings.rlimits),
-            )
+            child = ChildHandle(self.queue, slot, self._generation, self.settings.limits)
+            self.slots[slot] = SlotState.BOOTING
             began = time.monotonic()
             try:
-                await child.boot(self.ctx, spec, self._alive_r, self.settings.boot_timeout_s)
+                await child.boot(self.ctx, self._spec(slot), self._alive_r,
+                                 self.settings.boot_timeout_s)
             except Exception as exc:
                 self._attempted()
                 self.boot_failures += 1
                 delay = min(0.5 * 2 ** (self.boot_failures - 1), BOOT_BACKOFF_MAX_S)
-                if self.boot_failures >= MAX_BOOT_FAILURES and self.failed is None:
-                    self.failed = str(exc)
-                    log.error("queue %s: processor %s failed to boot %d times in a row; "
-                              "this queue stops claiming (other queues go on): %s", self.queue,
-                              self._label, self.boot_failures, exc)
+                if self.boot_failures >= MAX_BOOT_FAILURES:
+                    self.slots[slot] = SlotState.FATAL
+                    if self.failed is None:
+                        self.failed = str(exc)
+                        log.error("queue %s: processor %s failed to boot %d times in a row; "
+                                  "this queue stops claiming (other queues go on): %s",
+                                  self.queue, self._label, self.boot_failures, exc)
                 else:
+                    self.slots[slot] = SlotState.BACKOFF
                     log.warning("queue %s: child #%d of processor %s failed to boot (%s); "
                                 "retrying in %.1fs", self.queue, slot, self._label, exc, delay)
                 await asyncio.sleep(delay)
@@ -288,8 +404,9 @@ class ChildPool:
             log.debug("queue %s: child #%d pid %d booted in %.1f ms", self.queue, slot,
                       child.pid, (time.monotonic() - began) * 1000)
             self.children[slot] = child
-            child.on_idle_death = lambda c: self._take_idle(c, "died while idle")
-            self.idle.put_nowait(child)
+            self.slots[slot] = SlotState.FILLED
+            child.on_idle_death = lambda c: self._retire(c, "died while idle")
+            self._child_free(child)
             self._attempted()
             if self.on_recovered is not None:
                 self.on_recovered()
@@ -308,9 +425,9 @@ class ChildPool:
         while True:
             await asyncio.sleep(0.25)
             for child in list(self.children):
-                if child is None or child.stopping:
+                if child is None:
                     continue
-                if child.job_id is not None:
+                if child.state is ChildState.BUSY:
                     if s.memory_hard_bytes:
                         rss = child.rss()
                         if rss > s.memory_hard_bytes:
@@ -318,22 +435,10 @@ class ChildPool:
                                 f"memory limit exceeded: {rss >> 20} MiB > hard limit "
                                 f"{s.memory_hard_bytes >> 20} MiB"
                             )
-                elif s.idle_timeout_s and time.monotonic() - child.last_used > s.idle_timeout_s:
-                    self._take_idle(child, "idle too long")
-
-    def _take_idle(self, child: Child, why: str) -> None:
-        kept: list[Child] = []
-        found = False
-        while not self.idle.empty():
-            c = self.idle.get_nowait()
-            if c is child:
-                found = True
-            else:
-                kept.append(c)
-        for c in kept:
-            self.idle.put_nowait(c)
-        if found:
-            self._retire(child, why)
+                elif (child.state is ChildState.IDLE and s.idle_timeout_s
+                      and time.monotonic() - child.last_used > s.idle_timeout_s):
+                    self._retire(child, "idle too long")
 
 
-__all__ = ["ChildCrashed", "ChildJobError", "ChildPool", "NotDispatched", "SandboxSettings"]
+__all__ = ["ChildCrashed", "ChildJobError", "ChildPool", "NotDispatched", "SandboxSettings",
+           "SlotState"]

@@ -157,7 +157,8 @@ class Worker:
         self.processed = 0
         self._threads = ThreadRunner(queue) if mode == "thread" else None
         self.pool = (
-            ChildPool(queue, processor, concurrency, sandbox, ctx=forkserver)
+            ChildPool(queue, processor, concurrency, sandbox, ctx=forkserver,
+                      defaults=self.default_opts)
             if mode == "process" else None
         )
         #: The supervision tree to run under (the supervisor sets its own).
