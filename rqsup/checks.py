@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rqsup.config import Config, QueueConfig
+    from rqsup.config.model import Config, QueueConfig
 
 OK = "ok"
 WARN = "warn"
@@ -69,8 +69,8 @@ def check_schedulers(config: Config) -> list[CheckResult]:
     a warning when no ``[[queues]]`` of this file serves its queue."""
     import time
 
+    from rqsup.config.units import format_duration
     from rqsup.queue.schedule import Schedule
-    from rqsup.units import format_duration
 
     served = {q.name for q in config.queues}
     results = []

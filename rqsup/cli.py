@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from rqsup.config import Config
+    from rqsup.config.model import Config
 
 #: Exit codes shared by the commands.
 EXIT_OK = 0
@@ -36,7 +36,7 @@ def main() -> None:
 
 def _load(path: Path, as_json: bool = False) -> Config:
     """Load a config or exit 2 with every problem, each naming the file and key."""
-    from rqsup.config import load_config
+    from rqsup.config.model import load_config
     from rqsup.errors import ConfigError
 
     try:

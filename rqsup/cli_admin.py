@@ -80,7 +80,7 @@ def opened(name: str, url: str, prefix: str) -> Iterator[Queue]:
 
 
 def _redact(url: str) -> str:
-    from rqsup.config import redact_url
+    from rqsup.config.model import redact_url
 
     return redact_url(url)
 
@@ -263,7 +263,7 @@ def register(main: click.Group) -> None:
     def clean(queue: str, config: Path | None, url: str | None, prefix: str | None,
               grace: str, state: str, limit: int) -> None:
         """Delete old jobs of QUEUE in one state; prints how many."""
-        from rqsup.units import parse_duration
+        from rqsup.config.units import parse_duration
 
         try:
             grace_s = parse_duration(grace)

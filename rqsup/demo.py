@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from rqsup.config import load_config
+from rqsup.config.model import load_config
 from rqsup.errors import JobFailed
 from rqsup.keys import supervisor_key
 from rqsup.queue.queue import Job, Queue

@@ -178,7 +178,7 @@ def loaded_after(code: str) -> set[str]:
 
 def test_help_stays_light() -> None:
     mods = loaded_after("import rqsup.cli")
-    assert not {"redis", "asyncio", "rqsup.config", "rqsup.checks"} & mods
+    assert not {"redis", "asyncio", "rqsup.config.model", "rqsup.checks"} & mods
     assert not {m for m in mods if m.startswith("rqsup.supervisor")}
 
 
@@ -192,7 +192,7 @@ def test_the_probe_child_loads_no_redis_or_asyncio() -> None:
 
 def test_dropping_children_to_another_user_needs_root() -> None:
     from rqsup.checks import FAIL, OK, check_sandbox_users
-    from rqsup.config import QueueConfig, SandboxConfig
+    from rqsup.config.model import QueueConfig, SandboxConfig
 
     me = QueueConfig("q", "a:b", sandbox=SandboxConfig(user=str(os.geteuid())))
     assert [r.status for r in check_sandbox_users((me,))] == [OK]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rqsup import units
-from rqsup.config import Config, load_config, redact_url
+from rqsup.config import units
+from rqsup.config.model import Config, load_config, redact_url
 from rqsup.errors import ConfigError, InvalidOption
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_prod_config_loads_and_sets_every_key() -> None:
     assert cfg.queues[0].defaults["remove_on_fail"] == {"age": 14 * 86400.0, "count": 50000}
     # Every key the loader knows appears in prod.toml (set, or commented out).
     text = (REPO / "configs" / "prod.toml").read_text()
-    from rqsup import config as config_mod
+    from rqsup.config import model as config_mod
 
     keys = (
         *config_mod._SUPERVISOR_KEYS, *config_mod._QUEUE_KEYS, *config_mod._SANDBOX_KEYS,

@@ -230,7 +230,7 @@ def test_global_concurrency_is_never_exceeded(tmp_path: Path, redis_url: str) ->
 
 
 def test_queue_limits_in_the_config_are_validated(tmp_path: Path) -> None:
-    from rqsup.config import load_config
+    from rqsup.config.model import load_config
     from rqsup.errors import ConfigError
 
     cfg = tmp_path / "c.toml"

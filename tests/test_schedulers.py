@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aredis
 
 from rqsup import AsyncQueue, InvalidOption, Queue
-from rqsup.config import parse_config
+from rqsup.config.model import parse_config
 from rqsup.errors import ConfigError
 from rqsup.queue.schedule import Schedule
 from rqsup.queue.schedulers import advance_to, op_advance_due

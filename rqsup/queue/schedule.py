@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from rqsup import units
+from rqsup.config import units
 from rqsup.errors import InvalidOption
 
 #: The shortest ``every``: a scheduler is advanced by a supervisor loop with

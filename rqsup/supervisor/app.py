@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 
-from rqsup.config import Config, QueueConfig, SandboxConfig, load_config
+from rqsup.config.model import Config, QueueConfig, SandboxConfig, load_config
 from rqsup.errors import ConfigError, InvalidOption
 from rqsup.queue.connection import REDIS_ERRORS, async_client
 from rqsup.queue.core import QueueCore

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aredis
 
-from rqsup.config import Config, SchedulerConfig
+from rqsup.config.model import Config
+from rqsup.config.schedulers import SchedulerConfig
 from rqsup.errors import RqsupError
 from rqsup.queue.connection import CONNECTION_ERRORS
 from rqsup.queue.core import QueueCore

@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from rqsup import units
+from rqsup.config import units
 
 T = TypeVar("T")
 

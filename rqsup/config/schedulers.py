@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from rqsup.config.tomltable import Problems, Table, as_toml, duration, integer, string
 from rqsup.errors import EncodeError, InvalidOption
 from rqsup.keys import validate_name
 from rqsup.queue import codec
 from rqsup.queue import options as options_mod
 from rqsup.queue.schedule import MIN_EVERY_MS, Schedule, time_ms
-from rqsup.tomltable import Problems, Table, as_toml, duration, integer, string
 
 SCHEDULER_KEYS = (
     "id", "queue", "cron", "every", "tz", "start", "end", "limit", "name", "data", "options",

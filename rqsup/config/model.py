@@ -21,12 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from rqsup import units
-from rqsup.config_schedulers import SchedulerConfig, parse_schedulers
-from rqsup.errors import ConfigError
-from rqsup.keys import validate_name
-from rqsup.queue import options as options_mod
-from rqsup.tomltable import (
+from rqsup.config import units
+from rqsup.config.schedulers import SchedulerConfig, parse_schedulers
+from rqsup.config.tomltable import (
     Problems,
     Table,
     as_toml,
@@ -37,6 +34,9 @@ from rqsup.tomltable import (
     size,
     string,
 )
+from rqsup.errors import ConfigError
+from rqsup.keys import validate_name
+from rqsup.queue import options as options_mod
 
 __all__ = [
     "Config", "ConfigError", "QueueConfig", "RedisConfig", "SandboxConfig", "SchedulerConfig",
