@@ -57,11 +57,23 @@ class CheckResult:
 
 def run_checks(config: Config) -> list[CheckResult]:
     """Every check for one loaded config, in report order."""
-    results = check_processors(config.queues)
+    results = check_processors(config.queues, config.supervisor.processor_path)
     results += check_sandbox_users(config.queues)
     results += check_schedulers(config)
     results += check_redis(config)
     return results
+
+
+def add_processor_path(path: Any) -> None:
+    """Processors are found after the standard library and the installed
+    packages, on the configured path, and never in the working directory: a
+    ``psutil.py`` there must not shadow the real one (nor rqsup's own)."""
+    for entry in ("", "."):
+        while entry in sys.path:
+            sys.path.remove(entry)
+    for p in path:
+        if str(p) not in sys.path:
+            sys.path.append(str(p))
 
 
 def check_schedulers(config: Config) -> list[CheckResult]:
@@ -95,13 +107,18 @@ def check_schedulers(config: Config) -> list[CheckResult]:
 # -- processors ------------------------------------------------------------------
 
 
-def check_processors(queues: tuple[QueueConfig, ...]) -> list[CheckResult]:
-    """Probe every queue's processor, all children at once."""
+def check_processors(queues: tuple[QueueConfig, ...],
+                     path: tuple[Any, ...] = ()) -> list[CheckResult]:
+    """Probe every queue's processor, all children at once, on the path the
+    supervisor uses: ``path`` after the installed packages, and never the
+    working directory (``-P``)."""
     running = []
+    search = os.pathsep.join(str(p) for p in path)
     for queue in queues:
         timeout = queue.sandbox.boot_timeout_s if queue.mode == "process" else PROBE_TIMEOUT_S
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rqsup.checks", "probe", queue.processor, queue.mode],
+            [sys.executable, "-P", "-m", "rqsup.checks", "probe", queue.processor, queue.mode,
+             search],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         running.append((queue, proc, timeout))
@@ -170,9 +187,11 @@ def probe(spec: str, mode: str) -> dict[str, Any]:
 def _probe_main(argv: list[str]) -> int:
     """Child entry point. Whatever the import prints goes to stderr; the
     verdict is the one marked line on the real stdout."""
-    if len(argv) != 3 or argv[0] != "probe":
-        print("usage: python -m rqsup.checks probe module:attr mode", file=sys.stderr)
+    if len(argv) not in (3, 4) or argv[0] != "probe":
+        print("usage: python -P -m rqsup.checks probe module:attr mode [path]", file=sys.stderr)
         return 2
+    if len(argv) == 4:
+        add_processor_path(p for p in argv[3].split(os.pathsep) if p)
     verdict_fd = os.dup(1)
     os.dup2(2, 1)
     verdict = probe(argv[1], argv[2])
@@ -191,7 +210,11 @@ def check_sandbox_users(queues: tuple[QueueConfig, ...]) -> list[CheckResult]:
         box = queue.sandbox
         if queue.mode != "process" or (box.user is None and box.group is None):
             continue
-        uid, gid = box.uid, box.gid
+        from rqsup.sandbox.hygiene import resolve_account
+
+        # The very resolution a child uses (names or numbers; the user's
+        # primary group when no group is given).
+        uid, gid, _name = resolve_account(box.user, box.group)
         needs_root = (uid is not None and uid != os.geteuid()) or (
             gid is not None and gid != os.getegid()
         )

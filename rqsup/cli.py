@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,10 +78,11 @@ def check(config: Path, as_json: bool) -> None:
 def start(config: Path) -> None:
     """Run the supervisor for CONFIG until SIGTERM (the systemd entry point)."""
     cfg = _load(config)
-    # Processors load "from the current directory" (docs/configuration.md), as
-    # they do under `rqsup check`; a console script does not put it on the path.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    # Processors load from [supervisor].processor_path (the config file's
+    # folder by default), after the installed packages, as under `rqsup check`.
+    from rqsup.checks import add_processor_path
+
+    add_processor_path(cfg.supervisor.processor_path)
     # Imported here and by name: `rqsup --help` never pays for the supervisor.
     app = importlib.import_module("rqsup.supervisor.app")
     sys.exit(app.run_supervisor(cfg))

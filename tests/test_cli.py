@@ -13,14 +13,16 @@ from pathlib import Path
 import redis
 
 from rqsup.redis_server import RedisServer, free_port
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 RQSUP = str(Path(sys.executable).parent / "rqsup")
 
 
-def rqsup(*args: str) -> subprocess.CompletedProcess[str]:
-    # From the repository root, so the probe children can import tests.fixtures.
-    return subprocess.run([RQSUP, *args], capture_output=True, text=True, cwd=REPO, timeout=60)
+def rqsup(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    # The configs name the repository in processor_path, so the probe children
+    # can import tests.fixtures (the working directory is never searched).
+    return subprocess.run([RQSUP, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
 def config(tmp_path: Path, url: str, *processors: str, extra_redis: str = "") -> Path:
@@ -30,8 +32,8 @@ def config(tmp_path: Path, url: str, *processors: str, extra_redis: str = "") ->
         processor, _, mode = spec.partition("@")
         queues.append(f'[[queues]]\nname = "q{i}"\nprocessor = "{processor}"\n'
                       f'mode = "{mode or "process"}"\n')
-    text = f'[redis]\nurl = "{url}"\n{extra_redis}\n[supervisor]\nname = "t"\n\n' + "\n".join(
-        queues)
+    text = (f'[redis]\nurl = "{url}"\n{extra_redis}\n[supervisor]\nname = "t"\n'
+            f'processor_path = ["{REPO}"]\n\n' + "\n".join(queues))
     path = tmp_path / "check.toml"
     path.write_text(text)
     return path
@@ -145,12 +147,12 @@ def test_a_bad_config_exits_2_naming_file_and_key(tmp_path: Path) -> None:
         result = rqsup(command, str(path))
         assert result.returncode == 2
         assert result.stderr.strip() == (
-            f"{path}: queues[0].concurrency: must be an integer >= 1, got 0"
+            f"{path}: queues[0].concurrency: must be an integer from 1 to 10000, got 0"
         )
     result = rqsup("check", "--json", str(path))
     assert result.returncode == 2
     assert json.loads(result.stdout)["problems"] == [
-        f"{path}: queues[0].concurrency: must be an integer >= 1, got 0"
+        f"{path}: queues[0].concurrency: must be an integer from 1 to 10000, got 0"
     ]
 
 
@@ -203,3 +205,43 @@ def test_dropping_children_to_another_user_needs_root() -> None:
     assert result.status == (OK if os.geteuid() == 0 else FAIL)
     threads = QueueConfig("t", "a:b", mode="thread")
     assert check_sandbox_users((threads,)) == []
+
+
+def test_processors_come_from_the_configured_path_never_the_working_directory(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A psutil.py (or any module) in the working directory is not imported by
+    rqsup itself; a processor module next to the config file is found (the
+    config's folder is the default processor_path), after the installed
+    packages."""
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "imported"
+    (work / "psutil.py").write_text(f"open({str(marker)!r}, 'w').write('shadowed')\n")
+    (work / "myjobs.py").write_text("def run(job):\n    return 1\n")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "nextdoor.py").write_text("def run(job):\n    return 2\n")
+    cfg = conf / "c.toml"
+    cfg.write_text(f'[redis]\nurl = "{redis_url}"\n[supervisor]\nname = "t"\n'
+                   '[[queues]]\nname = "a"\nprocessor = "nextdoor:run"\n'
+                   '[[queues]]\nname = "b"\nprocessor = "myjobs:run"\n')
+    result = rqsup("check", str(cfg), cwd=work)
+    assert not marker.exists(), "rqsup imported psutil.py from the working directory"
+    assert "ok    queue a: processor nextdoor:run" in result.stdout, result.stdout
+    assert "FAIL  queue b: processor myjobs:run: import failed: ModuleNotFoundError" in \
+        result.stdout, result.stdout
+    # And `rqsup start`, which imports psutil itself, from the same directory.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    log = tmp_path / "start.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([RQSUP, "start", str(cfg)], cwd=work, env=env,
+                                stdout=err, stderr=err)
+    try:
+        wait_until(lambda: b" ready: " in log.read_bytes() or proc.poll() is not None,
+                   "the supervisor ready", 30)
+        assert b" ready: " in log.read_bytes(), log.read_text()
+        assert not marker.exists(), "rqsup start imported psutil.py from the working directory"
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -198,7 +198,7 @@ def test_missing_processor_and_bad_processor_syntax(tmp_path: Path) -> None:
 
 def test_concurrency_zero(tmp_path: Path) -> None:
     assert only_problem(tmp_path, MINIMAL + "concurrency = 0\n").endswith(
-        "queues[0].concurrency: must be an integer >= 1, got 0"
+        "queues[0].concurrency: must be an integer from 1 to 10000, got 0"
     )
 
 
@@ -237,9 +237,18 @@ def test_sandbox_user_must_exist(tmp_path: Path) -> None:
     assert only_problem(tmp_path, text).endswith(
         'queues[0].sandbox.user: no user "no-such-user-rqsup" on this machine'
     )
+    from rqsup.sandbox.hygiene import resolve_account
+
     me = pwd.getpwuid(os.geteuid())
     ok = load_config(write(tmp_path, MINIMAL + f'[queues.sandbox]\nuser = "{me.pw_name}"\n'))
-    assert (ok.queues[0].sandbox.uid, ok.queues[0].sandbox.gid) == (me.pw_uid, me.pw_gid)
+    box = ok.queues[0].sandbox
+    # The child's own resolution: a name, or a number (TOML int or string).
+    assert resolve_account(box.user, box.group)[:2] == (me.pw_uid, me.pw_gid)
+    for given in (str(me.pw_uid), me.pw_uid):
+        num = load_config(write(tmp_path, MINIMAL + f"[queues.sandbox]\nuser = {given!r}\n"
+                                .replace("'", '"')))
+        box = num.queues[0].sandbox
+        assert resolve_account(box.user, box.group) == (me.pw_uid, me.pw_gid, me.pw_name)
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:

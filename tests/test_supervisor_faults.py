@@ -6,6 +6,7 @@ squeezed by the test)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -151,7 +152,8 @@ def test_the_minimal_acl_is_enough_and_a_missing_command_is_named(
     cfg = write(tmp_path / "s.toml", config_text(
         url, name, [{"name": qname, "processor": f"{PROCS}:work", "mode": "thread"}]))
     check = subprocess.run([RQSUP, "check", str(cfg)], capture_output=True, text=True,
-                           cwd=REPO, timeout=60)
+                           cwd=REPO, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert check.returncode == 0, check.stdout + check.stderr
     q = Queue(qname, url)
     job = q.add("w", {"n": 4})

@@ -10,12 +10,9 @@ them in their names (``lease_s``, ``memory_hard_bytes``).
 
 from __future__ import annotations
 
-import grp
-import keyword
 import os
-import pwd
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,17 @@ from rqsup.config.tomltable import (
     size,
     string,
 )
+from rqsup.config.values import (
+    JOB_DEFAULT_KEYS,
+    account,
+    check_url,
+    directories,
+    env_table,
+    existing_file,
+    job_defaults,
+    job_option_seconds,
+)
+from rqsup.config.values import processor as processor_spec
 from rqsup.errors import ConfigError
 from rqsup.keys import validate_name
 from rqsup.queue import options as options_mod
@@ -47,13 +55,6 @@ MODES = ("process", "thread", "async")
 ISOLATIONS = ("pooled", "per-job")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-URL_SCHEMES = ("redis", "rediss", "unix")
-
-#: Job options a queue may default; the worker applies them at run time to
-#: jobs that did not set them (see docs/configuration.md).
-JOB_DEFAULT_KEYS = (
-    "attempts", "backoff", "timeout", "remove_on_complete", "remove_on_fail", "keep_logs",
-)
 #: Options that only mean something when a job is added, so a supervisor
 #: cannot default them.
 _ADD_TIME_OPTIONS = {
@@ -102,6 +103,10 @@ class SupervisorConfig:
     status_interval_s: float = 10.0
     max_loop_lag_s: float = 2.0
     block_timeout_s: float = 5.0
+    #: Where processors are imported from, after the standard library and the
+    #: installed packages (never the working directory): the config file's
+    #: folder by default.
+    processor_path: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,23 +127,14 @@ class SandboxConfig:
     rlimit_core_bytes: int | None = 0
     rlimit_as_bytes: int | None = None
     kill_grace_s: float = 2.0
-
-    @property
-    def uid(self) -> int | None:
-        """The uid to drop to (``user`` is a name or a number), or None."""
-        if self.user is None:
-            return None
-        return int(self.user) if self.user.isdigit() else pwd.getpwnam(self.user).pw_uid
-
-    @property
-    def gid(self) -> int | None:
-        """The gid to drop to: ``group``, else the primary group of ``user``, else None."""
-        if self.group is not None:
-            return int(self.group) if self.group.isdigit() else grp.getgrnam(self.group).gr_gid
-        if self.user is None:
-            return None
-        entry = pwd.getpwuid(int(self.user)) if self.user.isdigit() else pwd.getpwnam(self.user)
-        return entry.pw_gid
+    #: Added to each child's scrubbed environment.
+    env: tuple[tuple[str, str], ...] = ()
+    #: Caps on what a child sends: its captured stdout and stderr per job, one
+    #: line of it, a job's result, and a job.log() line.
+    max_output_bytes: int = 1 << 20
+    max_output_line_bytes: int = 16 << 10
+    max_result_bytes: int = 16 << 20
+    max_log_line_bytes: int = 16 << 10
 
 
 @dataclass(frozen=True)
@@ -198,6 +194,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             raw = tomllib.load(f)
     except OSError as exc:
         raise ConfigError([f"{shown}: cannot read the file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{shown}: not UTF-8 text (byte {exc.start}): TOML files are "
+                           "UTF-8"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{shown}: not valid TOML: {exc}"]) from None
     return parse_config(raw, Path(path))
@@ -211,9 +210,9 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     base_dir = path.resolve().parent
     redis_cfg = _redis(top.table("redis", ("url", "prefix", "ssl_ca_certs", "start_private",
                                            "private_dir")), base_dir)
-    supervisor = _supervisor(top.table("supervisor", _SUPERVISOR_KEYS))
+    supervisor = _supervisor(top.table("supervisor", _SUPERVISOR_KEYS), base_dir)
     queues = _queues(top, problems)
-    schedulers = parse_schedulers(top, problems, _job_option_seconds)
+    schedulers = parse_schedulers(top, problems, job_option_seconds)
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(path=path.resolve(), redis=redis_cfg, supervisor=supervisor, queues=queues,
@@ -248,6 +247,7 @@ def redact_url(url: str) -> str:
 _SUPERVISOR_KEYS = (
     "name", "shutdown_grace", "lease", "renew_interval", "stall_interval", "max_stalled_count",
     "log_format", "log_level", "status_interval", "max_loop_lag", "block_timeout",
+    "processor_path",
 )
 _QUEUE_KEYS = ("name", "processor", "mode", "concurrency", "defaults", "sandbox",
                "rate_limit", "global_concurrency")
@@ -255,14 +255,17 @@ _RATE_LIMIT_KEYS = ("max", "duration")
 _SANDBOX_KEYS = (
     "isolation", "memory_soft", "memory_hard", "max_jobs_per_child", "idle_timeout",
     "boot_timeout", "nice", "user", "group", "rlimit_nofile", "rlimit_core", "rlimit_as",
-    "kill_grace",
+    "kill_grace", "env", "max_output", "max_output_line", "max_result", "max_log_line",
 )
+#: Bounds: a value past them is surely a typo (a "1ms" status interval would
+#: spin; a "30d" lease would hide a dead worker for a month).
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 
 
 def _redis(t: Table, base_dir: Path) -> RedisConfig:
-    url = t.get("url", _check_url, RedisConfig.url, show=_show_url)
+    url = t.get("url", check_url, RedisConfig.url, show=_show_url)
     prefix = t.get("prefix", lambda v: validate_name("prefix", v), "rqsup", show=None)
-    ca = t.get("ssl_ca_certs", lambda v: _existing_file(v, base_dir), None)
+    ca = t.get("ssl_ca_certs", lambda v: existing_file(v, base_dir), None)
     if ca is not None and not url.startswith("rediss://"):
         t.problem("ssl_ca_certs", "only applies to TLS: use a rediss:// url")
     start_private = t.get("start_private", boolean, False)
@@ -276,10 +279,10 @@ def _redis(t: Table, base_dir: Path) -> RedisConfig:
     )
 
 
-def _supervisor(t: Table) -> SupervisorConfig:
+def _supervisor(t: Table, base_dir: Path) -> SupervisorConfig:
     name = t.require("name", lambda v: validate_name("supervisor name", v), "", show=None)
-    lease = t.get("lease", duration(min_s=1.0), 30.0)
-    renew = t.get("renew_interval", duration(above=0.0), None)
+    lease = t.get("lease", duration(min_s=1.0, max_s=DAY), 30.0)
+    renew = t.get("renew_interval", duration(min_s=0.1, max_s=HOUR), None)
     if renew is None:
         renew = lease / 3
     elif renew >= lease:
@@ -287,16 +290,17 @@ def _supervisor(t: Table) -> SupervisorConfig:
                                     f", got {units.format_duration(renew)}")
     return SupervisorConfig(
         name=name,
-        shutdown_grace_s=t.get("shutdown_grace", duration(), 30.0),
+        shutdown_grace_s=t.get("shutdown_grace", duration(max_s=DAY), 30.0),
         lease_s=lease,
         renew_interval_s=renew,
-        stall_interval_s=t.get("stall_interval", duration(above=0.0), 15.0),
-        max_stalled_count=t.get("max_stalled_count", integer(0), 1),
+        stall_interval_s=t.get("stall_interval", duration(min_s=0.1, max_s=HOUR), 15.0),
+        max_stalled_count=t.get("max_stalled_count", integer(0, 1000), 1),
         log_format=t.get("log_format", choice(LOG_FORMATS), "text"),
         log_level=t.get("log_level", choice(LOG_LEVELS, fold=True), "info"),
-        status_interval_s=t.get("status_interval", duration(above=0.0), 10.0),
-        max_loop_lag_s=t.get("max_loop_lag", duration(above=0.0), 2.0),
-        block_timeout_s=t.get("block_timeout", duration(above=0.0), 5.0),
+        status_interval_s=t.get("status_interval", duration(min_s=0.1, max_s=HOUR), 10.0),
+        max_loop_lag_s=t.get("max_loop_lag", duration(min_s=0.01, max_s=HOUR), 2.0),
+        block_timeout_s=t.get("block_timeout", duration(min_s=0.1, max_s=HOUR), 5.0),
+        processor_path=t.get("processor_path", directories(base_dir), (base_dir,), show=None),
     )
 
 
@@ -326,10 +330,10 @@ def _queues(top: Table, problems: Problems) -> tuple[QueueConfig, ...]:
 
 def _queue(t: Table) -> QueueConfig:
     name = t.require("name", lambda v: validate_name("queue name", v), "", show=None)
-    processor = t.require("processor", _processor, "")
+    processor = t.require("processor", processor_spec, "")
     mode = t.get("mode", choice(MODES), "process")
-    concurrency = t.get("concurrency", integer(1), 1)
-    defaults = _job_defaults(t.table("defaults", JOB_DEFAULT_KEYS, refused=_ADD_TIME_OPTIONS))
+    concurrency = t.get("concurrency", integer(1, 10_000), 1)
+    defaults = job_defaults(t.table("defaults", JOB_DEFAULT_KEYS, refused=_ADD_TIME_OPTIONS))
     sandbox = SandboxConfig()
     if "sandbox" in t.raw:
         if mode != "process":
@@ -341,11 +345,12 @@ def _queue(t: Table) -> QueueConfig:
     if "rate_limit" in t.raw:
         rl = t.table("rate_limit", _RATE_LIMIT_KEYS)
         rate_max = rl.require("max", integer(1), None)
-        rate_window = rl.require("duration", duration(above=0.0), None)
+        rate_window = rl.require("duration", duration(min_s=0.001, max_s=DAY), None)
     return QueueConfig(name=name, processor=processor, mode=mode, concurrency=concurrency,
                        defaults=defaults, sandbox=sandbox, rate_limit_max=rate_max,
                        rate_limit_duration_s=rate_window,
-                       global_concurrency=t.get("global_concurrency", integer(1), None))
+                       global_concurrency=t.get("global_concurrency", integer(1, 1_000_000),
+                                                None))
 
 
 def _sandbox(t: Table) -> SandboxConfig:
@@ -364,122 +369,25 @@ def _sandbox(t: Table) -> SandboxConfig:
         memory_soft_bytes=soft,
         memory_hard_bytes=hard,
         max_jobs_per_child=max_jobs,
-        idle_timeout_s=t.get("idle_timeout", duration(above=0.0), None),
-        boot_timeout_s=t.get("boot_timeout", duration(above=0.0), 10.0),
+        idle_timeout_s=t.get("idle_timeout", duration(min_s=1.0, max_s=DAY), None),
+        boot_timeout_s=t.get("boot_timeout", duration(min_s=0.1, max_s=HOUR), 10.0),
         nice=t.get("nice", integer(0, 19), 5),
-        user=t.get("user", _account("user"), None, show=None),
-        group=t.get("group", _account("group"), None, show=None),
+        user=t.get("user", account("user"), None, show=None),
+        group=t.get("group", account("group"), None, show=None),
         rlimit_nofile=t.get("rlimit_nofile", integer(1), None),
         rlimit_core_bytes=t.get("rlimit_core", size(), 0),
         rlimit_as_bytes=t.get("rlimit_as", size(minimum=1), None),
-        kill_grace_s=t.get("kill_grace", duration(), 2.0),
+        kill_grace_s=t.get("kill_grace", duration(max_s=HOUR), 2.0),
+        env=t.get("env", env_table, (), show=None),
+        max_output_bytes=t.get("max_output", size(minimum=0), 1 << 20),
+        max_output_line_bytes=t.get("max_output_line", size(minimum=80), 16 << 10),
+        max_result_bytes=t.get("max_result", size(minimum=1 << 10, maximum=512 << 20),
+                               16 << 20),
+        max_log_line_bytes=t.get("max_log_line", size(minimum=80), 16 << 10),
     )
-
-
-def _job_defaults(t: Table) -> dict[str, Any]:
-    """Durations become seconds; then each option, and the whole mapping, goes
-    through the producer's own validation so messages match ``queue.add``."""
-    out: dict[str, Any] = {}
-    for key in JOB_DEFAULT_KEYS:
-        if key not in t.raw:
-            continue
-        try:
-            value = _job_option_seconds(key, t.raw[key])
-            options_mod.build({}, {key: value})
-        except ValueError as exc:  # InvalidOption is a ValueError
-            t.problem(key, str(exc))
-            continue
-        out[key] = value
-    try:
-        options_mod.build({}, out)
-    except ValueError as exc:
-        t.problem(None, str(exc))
-    return out
-
-
-def _job_option_seconds(key: str, value: Any) -> Any:
-    def seconds(name: str, v: Any) -> Any:
-        if not isinstance(v, str):
-            return v  # numbers (seconds) and wrong types are judged by JobOptions
-        try:
-            return units.parse_duration(v)
-        except ValueError as exc:
-            raise ValueError(f"{name} {exc}, got {as_toml(v)}") from None
-
-    if key == "timeout":
-        return seconds("timeout", value)
-    if key == "backoff":
-        if isinstance(value, str):
-            return seconds("backoff", value)
-        if isinstance(value, dict) and "delay" in value:
-            return {**value, "delay": seconds("backoff delay", value["delay"])}
-    retention = key in ("remove_on_complete", "remove_on_fail")
-    if retention and isinstance(value, dict) and "age" in value:
-        return {**value, "age": seconds(f"{key} age", value["age"])}
-    return value
 
 
 def _show_url(value: Any) -> str:
     return as_toml(redact_url(value)) if isinstance(value, str) else as_toml(value)
 
 
-# -- config-specific value parsers (raise ValueError saying what is wrong) ------
-
-
-def _check_url(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be a URL such as redis://127.0.0.1:6379/0")
-    parts = urlsplit(value)
-    if parts.scheme not in URL_SCHEMES:
-        raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
-    try:
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError:
-        raise ValueError("has a port that is not a number from 0 to 65535") from None
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ValueError("needs a socket path, e.g. unix:///run/redis/redis.sock")
-    else:
-        db = parts.path.strip("/")
-        if db and not db.isdigit():
-            raise ValueError("database must be a number, e.g. redis://127.0.0.1:6379/0")
-    return value
-
-
-def _existing_file(value: Any, base_dir: Path) -> Path:
-    path = (base_dir / string(value)).resolve()
-    if not path.is_file():
-        raise ValueError(f"file {path} does not exist")
-    return path
-
-
-def _processor(value: Any) -> str:
-    rule = 'must be "module:function", e.g. "myapp.jobs:send_email"'
-    if not isinstance(value, str) or value.count(":") != 1:
-        raise ValueError(rule)
-    module, attr = value.split(":")
-    for part in (*module.split("."), *attr.split(".")):
-        if not part.isidentifier() or keyword.iskeyword(part):
-            raise ValueError(rule)
-    return value
-
-
-def _account(kind: str) -> Callable[[Any], str]:
-    """A user or group that exists here, by name or number (kept as a string)."""
-    lookup_name = pwd.getpwnam if kind == "user" else grp.getgrnam
-    lookup_id = pwd.getpwuid if kind == "user" else grp.getgrgid
-
-    def parse(value: Any) -> str:
-        if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
-            raise ValueError(f"must be a {kind} name or a numeric id, got {as_toml(value)}")
-        text = str(value)
-        try:
-            if text.isdigit():
-                lookup_id(int(text))
-            else:
-                lookup_name(text)
-        except KeyError:
-            raise ValueError(f"no {kind} {as_toml(value)} on this machine") from None
-        return text
-
-    return parse

@@ -164,8 +164,9 @@ def choice(choices: tuple[str, ...], fold: bool = False) -> Callable[[Any], str]
     return parse
 
 
-def duration(min_s: float = 0.0, above: float | None = None) -> Callable[[Any], float]:
-    """``above``: strictly greater than; ``min_s``: at least."""
+def duration(min_s: float = 0.0, above: float | None = None,
+             max_s: float | None = None) -> Callable[[Any], float]:
+    """``above``: strictly greater than; ``min_s``: at least; ``max_s``: at most."""
 
     def parse(value: Any) -> float:
         seconds = units.parse_duration(value)
@@ -173,16 +174,20 @@ def duration(min_s: float = 0.0, above: float | None = None) -> Callable[[Any], 
             raise ValueError(f"must be longer than {units.format_duration(above)}")
         if seconds < min_s:
             raise ValueError(f"must be at least {units.format_duration(min_s)}")
+        if max_s is not None and seconds > max_s:
+            raise ValueError(f"must be at most {units.format_duration(max_s)}")
         return seconds
 
     return parse
 
 
-def size(minimum: int = 0) -> Callable[[Any], int]:
+def size(minimum: int = 0, maximum: int | None = None) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         size = units.parse_size(value)
         if size < minimum:
             raise ValueError(f"must be at least {units.format_size(minimum)}")
+        if maximum is not None and size > maximum:
+            raise ValueError(f"must be at most {units.format_size(maximum)}")
         return size
 
     return parse

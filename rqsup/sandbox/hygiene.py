@@ -153,7 +153,7 @@ def boot(*, out_fd: int, watch: Callable[[], None], nice: int, rlimits: Mapping[
 # -- after each job ------------------------------------------------------------------
 
 
-def _children_of(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     """Direct children of ``pid``, from /proc (every thread's list)."""
     found: list[int] = []
     with contextlib.suppress(OSError):
@@ -176,7 +176,7 @@ def reap_descendants(max_rounds: int = 50) -> int:
                     break  # some still run
         except ChildProcessError:
             return killed  # none left
-        for pid in _children_of(os.getpid()):
+        for pid in children_of(os.getpid()):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
                     pgid = os.getpgid(pid)

@@ -27,10 +27,13 @@ from rqsup.queue.connection import REDIS_ERRORS, async_client
 from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import AsyncDriver
 from rqsup.queue.faults import Episode
+from rqsup.sandbox import hygiene
 from rqsup.sdnotify import Notifier
 from rqsup.supervisor import maintenance, schedules
+from rqsup.supervisor.child_handle import ChildLimits
 from rqsup.supervisor.health import LagMonitor, set_title, setup_logging
 from rqsup.supervisor.identity import Identity, NameInUse
+from rqsup.supervisor.orphans import OrphanReaper
 from rqsup.supervisor.pool import SandboxSettings, forkserver_context
 from rqsup.supervisor.status import StatusReporter
 from rqsup.supervisor.tree import Supervised, Tree
@@ -60,6 +63,9 @@ def sandbox_settings(sb: SandboxConfig) -> SandboxSettings:
         memory_hard_bytes=sb.memory_hard_bytes, max_jobs_per_child=sb.max_jobs_per_child,
         idle_timeout_s=sb.idle_timeout_s, boot_timeout_s=sb.boot_timeout_s, nice=sb.nice,
         user=sb.user, group=sb.group, rlimits=tuple(rlimits), kill_grace_s=sb.kill_grace_s,
+        env=sb.env, limits=ChildLimits(
+            max_result_bytes=sb.max_result_bytes, max_output_bytes=sb.max_output_bytes,
+            max_output_line=sb.max_output_line_bytes, max_log_line=sb.max_log_line_bytes),
     )
 
 
@@ -261,6 +267,8 @@ class Supervisor:
             timers.append(t.start("watchdog", self.status.watchdog_loop))
         if self.scheduler_loop is not None:
             timers.append(t.start("scheduler loop", self.scheduler_loop.run))
+        keep = {self.private.proc.pid} if self.private is not None and self.private.proc else set()
+        timers.append(t.start("orphan reaper", OrphanReaper(keep).run))
         return timers
 
     def all_workers(self) -> list[Worker]:
@@ -274,6 +282,10 @@ class Supervisor:
             log.error("[supervisor].name must not contain '@', got %r", name)
             return 2
         set_title(f"rqsup: supervisor {name} starting")
+        # A child of the same uid cannot read our memory (the Redis password);
+        # what a killed child leaves behind is reparented to us, to be reaped.
+        hygiene.not_dumpable()
+        hygiene.make_subreaper()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
