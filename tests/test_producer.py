@@ -292,3 +292,25 @@ def test_bad_names_and_unknown_ids(redis_url: str) -> None:
         ghost.state()
     with pytest.raises(JobNotFound):
         ghost.promote()
+
+
+def test_job_data_over_the_cap_is_refused_before_anything_is_written(redis_url: str) -> None:
+    from rqsup import FlowProducer
+
+    q = Queue("big", redis_url, max_data_bytes=1000)
+    with pytest.raises(EncodeError, match=r"data of job 'x' is \d+ bytes of JSON, over the "
+                                          r"limit of 1000 \(max_data_bytes\)"):
+        q.add("x", "a" * 2000)
+    with pytest.raises(EncodeError, match="max_data_bytes"):
+        q.add_bulk([{"name": "x", "data": 1}, {"name": "x", "data": "b" * 2000}])
+    job = q.add("x", "small")
+    with pytest.raises(EncodeError, match="max_data_bytes"):
+        job.update_data("c" * 2000)
+    flows = FlowProducer(redis_url, max_data_bytes=1000)
+    with pytest.raises(EncodeError, match="max_data_bytes"):
+        flows.add({"name": "p", "queue": "big", "data": "d" * 2000})
+    assert q.counts()["wait"] == 1  # only the small one
+    with pytest.raises(InvalidOption, match="max_data_bytes"):
+        Queue("big", redis_url, max_data_bytes=0)
+    flows.close()
+    q.close()

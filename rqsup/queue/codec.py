@@ -31,6 +31,21 @@ def encode(value: Any, what: str) -> str:
         raise EncodeError(f"{what} cannot be encoded as JSON: {exc}") from None
 
 
+#: The largest job data an add takes unless told otherwise (``max_data_bytes``
+#: of Queue, AsyncQueue and FlowProducer): a job that big slows every read of
+#: its queue; put big payloads elsewhere and pass a reference.
+DEFAULT_MAX_DATA_BYTES = 16 << 20
+
+
+def encode_data(value: Any, what: str, limit: int = DEFAULT_MAX_DATA_BYTES) -> str:
+    """Job data as JSON text, refused (EncodeError) past ``limit`` bytes."""
+    text = encode(value, what)
+    if len(text) > limit:
+        raise EncodeError(f"{what} is {len(text)} bytes of JSON, over the limit of {limit} "
+                          "(max_data_bytes): store it elsewhere and pass a reference")
+    return text
+
+
 def decode(raw: str | bytes) -> Any:
     """Decode JSON text written by rqsup (orjson.JSONDecodeError is a ValueError)."""
     return orjson.loads(raw)

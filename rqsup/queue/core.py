@@ -51,6 +51,7 @@ class AddSpec:
         opts: Mapping[str, Any],
         defaults: Mapping[str, Any],
         cache: dict[bytes, tuple[Any, ...]] | None = None,
+        max_data: int = codec.DEFAULT_MAX_DATA_BYTES,
     ):
         if not isinstance(name, str) or not name:
             raise InvalidOption(f"job name must be a non-empty string, got {name!r}")
@@ -67,15 +68,22 @@ class AddSpec:
             if cache is not None and not job_id:
                 cache[key] = shared
         self.name = name
-        self.args = (shared[0], name, codec.encode(data, f"data of job {name!r}"), *shared[1:])
+        self.args = (shared[0], name, codec.encode_data(data, f"data of job {name!r}", max_data),
+                     *shared[1:])
 
 
 class QueueCore:
     """Names, keys and operations of one queue; no I/O of its own."""
 
     def __init__(
-        self, name: str, prefix: str = "rqsup", default_job_options: Mapping[str, Any] | None = None
+        self, name: str, prefix: str = "rqsup",
+        default_job_options: Mapping[str, Any] | None = None,
+        max_data_bytes: int = codec.DEFAULT_MAX_DATA_BYTES,
     ) -> None:
+        if isinstance(max_data_bytes, bool) or not isinstance(max_data_bytes, int) or \
+                max_data_bytes < 1:
+            raise InvalidOption(f"max_data_bytes must be an int >= 1, got {max_data_bytes!r}")
+        self.max_data_bytes = max_data_bytes
         self.keys = QueueKeys(prefix, name)
         self.name = name
         self.prefix = prefix
@@ -97,7 +105,8 @@ class QueueCore:
     # -- adding ---------------------------------------------------------------
 
     def spec(self, name: str, data: Any, opts: Mapping[str, Any]) -> AddSpec:
-        return AddSpec(name, data, opts, self.default_job_options)
+        return AddSpec(name, data, opts, self.default_job_options,
+                       max_data=self.max_data_bytes)
 
     def specs_from_bulk(self, jobs: Iterable[Any]) -> list[AddSpec]:
         """Accept ``{"name", "data", "opts"}`` mappings or ``(name, data[, opts])`` tuples."""
@@ -115,7 +124,8 @@ class QueueCore:
             else:
                 raise InvalidOption(f"bulk job #{i} must be a mapping or a tuple, got {item!r}")
             try:
-                spec = AddSpec(name, data, opts, self.default_job_options, cache)  # type: ignore[arg-type]
+                spec = AddSpec(name, data, opts, self.default_job_options, cache,  # type: ignore[arg-type]
+                               max_data=self.max_data_bytes)
                 specs.append(spec)
             except (InvalidOption, EncodeError) as exc:
                 raise type(exc)(f"bulk job #{i}: {exc}") from None
@@ -364,7 +374,7 @@ class QueueCore:
         self._job_reply(job_id, "remove", reply)
 
     def op_update_data(self, job_id: str, data: Any) -> Op[None]:
-        encoded = codec.encode(data, f"data of job {job_id}")
+        encoded = codec.encode_data(data, f"data of job {job_id}", self.max_data_bytes)
         code = yield self.script("update_data", job_id, encoded)
         raise_for_code(int(code), job_id, "update the data of")
 

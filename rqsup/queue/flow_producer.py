@@ -11,6 +11,7 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
+from rqsup.queue import codec
 from rqsup.queue.connection import async_client, sync_client
 from rqsup.queue.drivers import AsyncDriver, SyncDriver
 from rqsup.queue.flows import FlowCore, FlowJob, _is_cluster
@@ -25,10 +26,12 @@ class FlowProducer:
     """
 
     def __init__(self, url: str | None = None, *, connection: redis.Redis | None = None,
-                 prefix: str = "rqsup") -> None:
+                 prefix: str = "rqsup",
+                 max_data_bytes: int = codec.DEFAULT_MAX_DATA_BYTES) -> None:
         self.client = connection if connection is not None else sync_client(url)
         self._own_client = connection is None
-        self.core = FlowCore(prefix, cluster=_is_cluster(self.client))
+        self.core = FlowCore(prefix, cluster=_is_cluster(self.client),
+                             max_data_bytes=max_data_bytes)
         self._driver = SyncDriver(self.client)
 
     def __repr__(self) -> str:
@@ -61,10 +64,12 @@ class AsyncFlowProducer:
     """:class:`FlowProducer` for asyncio code (same methods, awaited)."""
 
     def __init__(self, url: str | None = None, *, connection: aredis.Redis | None = None,
-                 prefix: str = "rqsup") -> None:
+                 prefix: str = "rqsup",
+                 max_data_bytes: int = codec.DEFAULT_MAX_DATA_BYTES) -> None:
         self.client = connection if connection is not None else async_client(url)
         self._own_client = connection is None
-        self.core = FlowCore(prefix, cluster=_is_cluster(self.client))
+        self.core = FlowCore(prefix, cluster=_is_cluster(self.client),
+                             max_data_bytes=max_data_bytes)
         self._driver = AsyncDriver(self.client)
 
     def __repr__(self) -> str:

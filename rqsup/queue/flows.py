@@ -80,9 +80,11 @@ def _is_cluster(client: Any) -> bool:
 class FlowCore:
     """Flow operations for one key prefix; no I/O of its own (see core.py)."""
 
-    def __init__(self, prefix: str = "rqsup", *, cluster: bool = False) -> None:
+    def __init__(self, prefix: str = "rqsup", *, cluster: bool = False,
+                 max_data_bytes: int = codec.DEFAULT_MAX_DATA_BYTES) -> None:
         validate_name("prefix", prefix)
         self.prefix = prefix
+        self.max_data_bytes = max_data_bytes
         #: The client is a Redis Cluster: a flow must stay in one queue (slot).
         self.cluster = cluster
         self._cores: dict[str, QueueCore] = {}
@@ -187,7 +189,7 @@ class FlowCore:
         if children and built[2]:
             raise InvalidOption(f"{where}: a parent cannot be delayed (it runs when its "
                                 "children are done); delay its children instead")
-        data = codec.encode(node.get("data"), f"data of {where}")
+        data = codec.encode_data(node.get("data"), f"data of {where}", self.max_data_bytes)
         values = (built[0], name, data, *built[1:], parent, policy, 1 if children else 0)
         return _Spec(queue, built[0], name, path, parent, values), list(children), queue
 

@@ -37,7 +37,7 @@ from rqsup.supervisor.orphans import OrphanReaper
 from rqsup.supervisor.pool import SandboxSettings, forkserver_context
 from rqsup.supervisor.status import StatusReporter
 from rqsup.supervisor.tree import Supervised, Tree
-from rqsup.supervisor.worker import Worker
+from rqsup.supervisor.worker import SupervisorParts, Worker
 
 log = logging.getLogger("rqsup.supervisor")
 T = TypeVar("T")
@@ -180,17 +180,15 @@ class Supervisor:
     def _make_worker(self, q: QueueConfig) -> Worker:
         s = self.config.supervisor
         assert self.client is not None and self.identity is not None
-        w = Worker(
-            q.name, q.processor, connection=self.client, prefix=self.config.redis.prefix,
+        parts = SupervisorParts(worker_id=f"{self.identity.worker_id}.{self.generation}",
+                                forkserver=self.ctx, tree=self.tree)
+        return Worker.supervised(
+            parts, q.name, q.processor, connection=self.client, prefix=self.config.redis.prefix,
             mode=q.mode, concurrency=q.concurrency, lease_s=s.lease_s,
             renew_interval_s=s.renew_interval_s, stall_interval_s=s.stall_interval_s,
             max_stalled_count=s.max_stalled_count, block_timeout_s=s.block_timeout_s,
             job_defaults=q.defaults, sandbox=sandbox_settings(q.sandbox),
-            worker_id=f"{self.identity.worker_id}.{self.generation}", forkserver=self.ctx,
-            own_renewer=False,
         )
-        w.tree = self.tree
-        return w
 
     async def _apply_limits(self, q: QueueConfig) -> None:
         """Queue-wide limits from the config (a queue without them in the config

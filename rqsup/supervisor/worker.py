@@ -24,6 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aredis
@@ -54,6 +55,17 @@ PREFETCH_WINDOW_S = 0.05
 MAX_PREFETCH_PER_SLOT = 32
 
 
+@dataclass(frozen=True)
+class SupervisorParts:
+    """What only the supervisor gives its workers (never a user): its worker
+    id for the queue, its forkserver, its supervision tree. With these, the
+    supervisor's one lease renewer covers the worker (it has none of its own)."""
+
+    worker_id: str
+    forkserver: Any
+    tree: Tree
+
+
 class Worker:
     """Process jobs of one queue in this event loop.
 
@@ -61,6 +73,19 @@ class Worker:
     raising fails the attempt (``UnrecoverableError``: no more attempts).
     ``await worker.run()`` runs until ``await worker.close()``.
     """
+
+    #: Set by :meth:`supervised` before ``__init__`` runs; None for a user's worker.
+    _parts: SupervisorParts | None = None
+
+    @classmethod
+    def supervised(cls, parts: SupervisorParts, queue: str, processor: str,
+                   **options: Any) -> Worker:
+        """A worker of the supervisor (``rqsup start``): the internal path for
+        what the public constructor does not take."""
+        w = cls.__new__(cls)
+        w._parts = parts
+        w.__init__(queue, processor, **options)  # type: ignore[misc]
+        return w
 
     def __init__(
         self,
@@ -82,11 +107,9 @@ class Worker:
         backoff_strategies: Mapping[str, backoff.BackoffStrategy] | None = None,
         job_defaults: Mapping[str, Any] | None = None,
         sandbox: SandboxSettings | None = None,
-        worker_id: str | None = None,
-        forkserver: Any = None,
         prefetch: int | None = None,
-        own_renewer: bool = True,
     ) -> None:
+        parts = self._parts
         if mode not in MODES:
             raise InvalidOption(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(processor, str) and mode != "process":
@@ -124,7 +147,7 @@ class Worker:
             raise InvalidOption(f"prefetch must be >= 0, got {prefetch!r}")
         self.prefetch = prefetch
         #: False under the supervisor: its one renewer covers every queue.
-        self.own_renewer = own_renewer
+        self.own_renewer = parts is None
         self.lease_ms = round(lease_s * 1000)
         self.renew_interval_s = renew
         self.stall_interval_s = stall_interval_s
@@ -133,7 +156,8 @@ class Worker:
         self.block_timeout_s = block_timeout_s
         self.strategies = dict(backoff_strategies or {})
         base = name or socket.gethostname()
-        self._base_id = worker_id or f"{base}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._base_id = (parts.worker_id if parts is not None
+                         else f"{base}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
         self._restarts = 0
         #: Queue-level job defaults (config), applied to options a job did not set.
         self.default_opts = build_options({}, job_defaults or {})[1].to_json_dict()
@@ -157,12 +181,13 @@ class Worker:
         self.processed = 0
         self._threads = ThreadRunner(queue) if mode == "thread" else None
         self.pool = (
-            ChildPool(queue, processor, concurrency, sandbox, ctx=forkserver,
+            ChildPool(queue, processor, concurrency, sandbox,
+                      ctx=parts.forkserver if parts is not None else None,
                       defaults=self.default_opts)
             if mode == "process" else None
         )
-        #: The supervision tree to run under (the supervisor sets its own).
-        self.tree: Tree | None = None
+        #: The supervision tree to run under (the supervisor's, or our own).
+        self.tree: Tree | None = parts.tree if parts is not None else None
         self._own_tree = False
         self._unit: Supervised | None = None
         self._prepared = False
