@@ -56,6 +56,9 @@ class Plan:
         "child-kill": 5, "supervisor-kill": 3, "sigterm-restart": 2, "redis-kill": 1,
         "oom": 1, "start-while-down": 1})
     bad_jobs: int = 12
+    #: Hostile jobs among them (tests/fixtures/hostile_procs.py): daemons left
+    #: behind, garbage on the pipe.
+    hostile_jobs: int = 10
     #: Work per job, in ms (uniform).
     ms: tuple[int, int] = (5, 40)
     seed: int = 8
@@ -142,6 +145,8 @@ class Chaos:
         self.faults: list[Fault] = []
         self.kinds: dict[str, str] = {}
         self.bad: dict[str, str] = {}
+        self.hostile: dict[str, str] = {}
+        self.pidfile = workdir / "daemons"
         self.sups: list[Sup] = []
         for i in range(plan.supervisors):
             cfg = workdir / f"sup{i}.toml"
@@ -207,6 +212,7 @@ class Chaos:
             self._add(q, [self._job_spec(n) for n in batch])
             if b in bad_at:
                 self._plant(q, len(self.bad))
+                self._hostile(q, len(self.hostile))
             pause_until = time.monotonic() + 0.15
             while time.monotonic() < pause_until:
                 self._restart_dead()
@@ -222,6 +228,16 @@ class Chaos:
                 self._fault()
                 next_fault = time.monotonic() + self.rng.uniform(*p.fault_every_s)
             time.sleep(0.05)
+
+    def _hostile(self, q: Queue, i: int) -> None:
+        """A hostile job: it ends (completed or failed), and leaves nothing."""
+        kind = "daemon" if i % 2 else "garbage"
+        jid = f"hostile{i}"
+        self.hostile[jid] = kind
+        self._add(q, [{"name": "w", "data": {"kind": kind, "pidfile": str(self.pidfile),
+                                            "ledger": str(self.ledger)},
+                       "opts": {"job_id": jid, "attempts": 1, "remove_on_complete": False,
+                                "remove_on_fail": False}}])
 
     def _plant(self, q: Queue, i: int) -> None:
         """A damaged job in wait: a non-integer field, or a key of the wrong type."""
@@ -414,6 +430,18 @@ class Chaos:
                 ok = in_malformed if want == "malformed" else err == b"MalformedJob"
                 if not ok:
                     problems.append(f"bad job {jid} not {want}")
+            for jid, kind in self.hostile.items():
+                done = (r.zscore(keys.completed, jid) is not None
+                        or r.zscore(keys.failed, jid) is not None)
+                if not done:
+                    problems.append(f"hostile job {jid} ({kind}) did not end")
+                elif kind == "garbage" and r.zscore(keys.failed, jid) is None:
+                    problems.append(f"hostile job {jid} wrote garbage and was not failed")
+            daemons = ([int(p) for p in self.pidfile.read_text().split()]
+                       if self.pidfile.exists() else [])
+            alive_daemons = [p for p in daemons if _alive_pid(p)]
+            if alive_daemons:
+                problems.append(f"daemons left behind by jobs still run: {alive_daemons}")
             active = r.zcard(keys.active)
             if active:
                 problems.append(f"{active} job(s) still active at the end")
@@ -449,7 +477,9 @@ class Chaos:
             if crashed:
                 problems.append(f"tasks crashed: {crashed[:3]}")
             return {
-                "jobs": len(self.kinds), "bad_jobs": len(self.bad), "states": dict(states),
+                "jobs": len(self.kinds), "bad_jobs": len(self.bad),
+                "hostile_jobs": len(self.hostile), "daemons": len(daemons),
+                "states": dict(states),
                 "executions": sum(len(v) for v in runs.values()), "reruns": reruns,
                 "explained": explained, "by_design": by_design,
                 "reruns_by_fault": dict(by_fault),
@@ -465,9 +495,18 @@ class Chaos:
         self.redis.cleanup()
 
 
+def _alive_pid(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def table(result: dict[str, Any]) -> str:
     """The verdict as a small table (benchmarks/soak.py prints it)."""
-    rows = [("jobs (plus damaged)", f"{result['jobs']} (+{result['bad_jobs']})"),
+    rows = [("jobs (plus damaged, hostile)",
+             f"{result['jobs']} (+{result['bad_jobs']}, +{result['hostile_jobs']})"),
+            ("daemons left by jobs, all killed", result["daemons"]),
             ("final states", json.dumps(result["states"])),
             ("executions", result["executions"]),
             ("second executions", result["reruns"]),
