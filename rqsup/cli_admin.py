@@ -154,6 +154,11 @@ def register(main: click.Group) -> None:
                 if qi.get("state") == "failed":
                     click.echo(f"  supervisor {sup['name']}: queue {qi['name']} FAILED: "
                                f"{qi.get('reason', '')}")
+                for c in qi.get("children", []):
+                    job = f" job {c['job']}" if c.get("job") else ""
+                    pid = f" pid {c['pid']}" if c.get("pid") else ""
+                    click.echo(f"  supervisor {sup['name']}: {qi['name']} child #{c['slot']}"
+                               f"{pid} {c['state']}{job}")
             for task, err in (sup.get("degraded") or {}).items():
                 click.echo(f"  supervisor {sup['name']}: task {task} crash-looping: {err}")
         for name, info in out["queues"].items():

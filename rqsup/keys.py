@@ -127,6 +127,14 @@ class QueueKeys:
     def logs(self, job_id: str) -> str:
         return f"{self.base}:job:{job_id}:logs"
 
+    def job_part(self, job_id: str, part: str) -> str:
+        """A parent's flow keys (includes/flow.lua): ``deps`` (SET of the
+        children not finished), ``processed`` (HASH of their values),
+        ``ignored`` and ``failed_children`` (HASHes of reasons)."""
+        if part not in ("deps", "processed", "ignored", "failed_children"):
+            raise ValueError(f"no job key part {part!r}")
+        return f"{self.base}:job:{job_id}:{part}"
+
     def prefixed(self, prefix: str) -> str:
         """One of :data:`KEY_PREFIXES` of this queue."""
         return f"{self.base}:{prefix}"

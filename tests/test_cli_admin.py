@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
 
@@ -117,4 +118,35 @@ def test_admin_commands_show_what_they_can_of_damaged_jobs(redis_url: str) -> No
     result = CliRunner().invoke(main, ["events", "dmg", "--url", redis_url])
     assert result.exit_code == 1 and "WRONGTYPE" in result.output
     r.close()
+    q.close()
+
+
+def test_status_shows_each_childs_state_from_the_heartbeat(tmp_path: Path, redis_url: str,
+                                                           start: Any) -> None:
+    from tests.helpers import wait_until
+    from tests.procs import PROCS, config_text, started_ids, uid, write
+
+    name, qname = f"sup-{uid()}", f"kids-{uid()}"
+    cfg = write(tmp_path / "s.toml", config_text(
+        redis_url, name, [{"name": qname, "processor": f"{PROCS}:long_sleep", "concurrency": 2}],
+        renew_interval="0.2s"))
+    sup = start(cfg)
+    startlog = tmp_path / "starts"
+    q = Queue(qname, redis_url)
+    job = q.add("nap", {"sleep": 30, "startlog": str(startlog)})
+    wait_until(lambda: started_ids(startlog) == [job.id], "the job running")
+
+    def busy() -> dict[str, Any] | None:
+        _code, out = run("status", "--queue", qname, "--url", redis_url, "--json")
+        sups = json.loads(out)["supervisors"]
+        queues = sups[0].get("queues", []) if sups else []  # after the first heartbeat
+        kids = queues[0]["children"] if queues else []
+        return next((c for c in kids if c["state"] == "busy" and c["job"] == job.id), None)
+
+    child = wait_until(busy, "a busy child in the heartbeat")
+    assert child["pid"] > 0
+    _code, out = run("status", "--queue", qname, "--url", redis_url)
+    assert f"{qname} child #{child['slot']} pid {child['pid']} busy job {job.id}" in out
+    assert " idle" in out
+    sup.kill()
     q.close()

@@ -248,11 +248,12 @@ class FlowCore:
         for d in range(depth + 1):
             reqs: list[Script | Command] = []
             for node in level:
-                jk = self.queue_core(node["queue"]).keys.job(node["id"])
-                reqs += [Command(("HGETALL", jk)), Command(("SMEMBERS", jk + ":deps")),
-                         Command(("HGETALL", jk + ":processed")),
-                         Command(("HGETALL", jk + ":ignored")),
-                         Command(("HGETALL", jk + ":failed_children"))]
+                qk, jid = self.queue_core(node["queue"]).keys, node["id"]
+                reqs += [Command(("HGETALL", qk.job(jid))),
+                         Command(("SMEMBERS", qk.job_part(jid, "deps"))),
+                         Command(("HGETALL", qk.job_part(jid, "processed"))),
+                         Command(("HGETALL", qk.job_part(jid, "ignored"))),
+                         Command(("HGETALL", qk.job_part(jid, "failed_children")))]
             by_queue: dict[str, list[dict[str, Any]]] = {}
             for node in level:
                 by_queue.setdefault(node["queue"], []).append(node)

@@ -34,8 +34,9 @@ def is_parent(r: Running) -> bool:
 async def fetch(w: Worker, r: Running) -> FlowInfo:
     """The parent's children values and ignored failures; retried while Redis
     is unreachable (a lost lease cancels the job's task, and this with it)."""
-    jk = w.core.keys.job(r.id)
-    reqs = Batch([Command(("HGETALL", jk + ":processed")), Command(("HGETALL", jk + ":ignored"))])
+    keys = w.core.keys
+    reqs = Batch([Command(("HGETALL", keys.job_part(r.id, "processed"))),
+                  Command(("HGETALL", keys.job_part(r.id, "ignored")))])
     delay = 0.05
     while True:
         try:

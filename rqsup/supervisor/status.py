@@ -69,6 +69,8 @@ class StatusReporter:
                                  "state": "failed" if w.queue_name in failed else "ok"}
             if w.queue_name in failed:
                 q["reason"] = failed[w.queue_name]
+            if w.pool is not None:
+                q["children"] = w.pool.describe()
             queues.append(q)
         return {"version": __version__, "queues": queues,
                 "loop_lag_p99_ms": round(self.sup.lag.p99_ms(), 2),
