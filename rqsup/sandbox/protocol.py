@@ -63,7 +63,7 @@ class Kind(enum.IntEnum):
     """Message types. Supervisor to child: JOB, STOP. Child to supervisor:
     READY, BOOT_ERROR, PROGRESS, LOG, CHILDREN, RESULT, ERROR."""
 
-    JOB = 1          # JSON [id, name, data, attempts_made, attempts, timestamp_ms, opts,
+    JOB = 1          # JSON [id, name, attempts_made, attempts, timestamp_ms, data, opts,
                      #       flow, progress]
     STOP = 2         # empty
     READY = 10       # JSON {"pid": int}
@@ -95,12 +95,14 @@ def job_frame(job_id: str, name: str, data_json: str, attempts_made: int, attemp
               progress_json: str | None) -> bytes:
     """A JOB frame, with the JSON texts spliced in as they are (the supervisor
     checked them when it read the job)."""
-    head = dumps([job_id, name])
-    body = b"".join((head[:-1], b",", data_json.encode(), b",",
-                     dumps([attempts_made, attempts, timestamp_ms])[1:-1], b",",
-                     opts_json.encode(), b",", (flow_json or "null").encode(), b",",
-                     (progress_json or "null").encode(), b"]"))
-    return frame(Kind.JOB, body)
+    head = dumps([job_id, name, attempts_made, attempts, timestamp_ms])
+    body = b"".join((head[:-1], b",", data_json.encode(), b",", opts_json.encode(), b",",
+                     (flow_json or "null").encode(), b",", (progress_json or "null").encode(),
+                     b"]"))
+    return HEADER.pack(len(body) + 1) + _JOB + body
+
+
+_JOB = bytes((Kind.JOB,))
 
 
 class FrameReader:
@@ -119,6 +121,11 @@ class FrameReader:
         self._pos = 0
 
     @property
+    def buffered(self) -> bool:
+        """Part of a frame is waiting for the rest."""
+        return len(self._buf) > self._pos
+
+    @property
     def want(self) -> int:
         """Bytes still missing for the frame being read (a read size hint)."""
         have = len(self._buf) - self._pos
@@ -128,9 +135,31 @@ class FrameReader:
         return max(HEADER.size + int(n) - have, 0)
 
     def feed(self, chunk: bytes) -> list[tuple[Kind, bytes]]:
+        if self._pos == len(self._buf):
+            # Nothing buffered (the usual case): read whole frames straight
+            # from the chunk and keep only what is left of it.
+            self._buf.clear()
+            self._pos = 0
+            out, used = self._frames(chunk, 0, len(chunk))
+            if used < len(chunk):
+                self._buf += chunk[used:]
+            return out
         self._buf += chunk
+        out, pos = self._frames(self._buf, self._pos, len(self._buf))
+        end = len(self._buf)
+        if pos == end:
+            self._buf.clear()
+            self._pos = 0
+        elif pos > (1 << 16) and pos * 2 > end:
+            del self._buf[:pos]
+            self._pos = 0
+        else:
+            self._pos = pos
+        return out
+
+    def _frames(self, buf: bytes | bytearray, pos: int, end: int
+                ) -> tuple[list[tuple[Kind, bytes]], int]:
         out: list[tuple[Kind, bytes]] = []
-        buf, pos, end = self._buf, self._pos, len(self._buf)
         while end - pos >= HEADER.size:
             (n,) = HEADER.unpack_from(buf, pos)
             if n == 0:
@@ -145,15 +174,7 @@ class FrameReader:
                 raise ProtocolError(f"a frame of unknown type {buf[start]}")
             out.append((kind, bytes(buf[start + 1:start + n])))
             pos = start + n
-        if pos == end:
-            self._buf.clear()
-            self._pos = 0
-        elif pos > (1 << 16) and pos * 2 > end:
-            del self._buf[:pos]
-            self._pos = 0
-        else:
-            self._pos = pos
-        return out
+        return out, pos
 
 
 def decode(kind: Kind, body: bytes) -> Any:

@@ -142,7 +142,7 @@ def _load(processor: str | bytes) -> Any:
 
 def _run(spec: ChildSpec, fn: Any, w: _Writer, fields: Any) -> tuple[Kind, bytes]:
     """One job: the frame that ends it."""
-    (job_id, name, data, attempts_made, attempts, timestamp_ms, opts, flow,
+    (job_id, name, attempts_made, attempts, timestamp_ms, data, opts, flow,
      progress) = fields
     options: Mapping[str, Any] = {**spec.defaults, **opts} if spec.defaults else (opts or {})
     flow = flow or {}

@@ -30,7 +30,7 @@ from rqsup.queue.faults import Episode
 from rqsup.sandbox import hygiene
 from rqsup.sdnotify import Notifier
 from rqsup.supervisor import maintenance, schedules
-from rqsup.supervisor.child_handle import ChildLimits
+from rqsup.supervisor.child_output import ChildLimits
 from rqsup.supervisor.health import LagMonitor, set_title, setup_logging
 from rqsup.supervisor.identity import Identity, NameInUse
 from rqsup.supervisor.orphans import OrphanReaper

@@ -22,7 +22,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing import process as mp_process
 from multiprocessing.connection import Connection
 from typing import Any
@@ -32,9 +31,9 @@ import psutil
 from rqsup.sandbox.launch import ChildProcess
 from rqsup.sandbox.protocol import FrameReader, Kind, ProtocolError, check_error, decode, frame
 from rqsup.sandbox.runtime import EXIT_BOOT_FAILED, EXIT_PROTOCOL, ChildSpec, child_main
+from rqsup.supervisor.child_output import ChildLimits, ChildOutput
 
 log = logging.getLogger("rqsup.pool")
-out_log = logging.getLogger("rqsup.child")
 
 
 class ChildState(enum.Enum):
@@ -45,23 +44,15 @@ class ChildState(enum.Enum):
     EXITED = "exited"      # gone (reaped or about to be)
 
 
-_NEXT = {
-    ChildState.SPAWNING: {ChildState.IDLE, ChildState.STOPPING, ChildState.EXITED},
-    ChildState.IDLE: {ChildState.BUSY, ChildState.STOPPING, ChildState.EXITED},
-    ChildState.BUSY: {ChildState.IDLE, ChildState.STOPPING, ChildState.EXITED},
-    ChildState.STOPPING: {ChildState.EXITED},
-    ChildState.EXITED: set(),
+#: The transitions allowed, by member name (a plain attribute: an Enum's
+#: ``value`` and ``hash`` run Python code, and this is on every job's path).
+_NEXT: dict[str, frozenset[str]] = {
+    "SPAWNING": frozenset({"IDLE", "STOPPING", "EXITED"}),
+    "IDLE": frozenset({"BUSY", "STOPPING", "EXITED"}),
+    "BUSY": frozenset({"IDLE", "STOPPING", "EXITED"}),
+    "STOPPING": frozenset({"EXITED"}),
+    "EXITED": frozenset(),
 }
-
-
-@dataclass(frozen=True)
-class ChildLimits:
-    """Caps on what a child may send (``[queues.sandbox]``)."""
-
-    max_result_bytes: int = 16 << 20
-    max_output_bytes: int = 1 << 20   # its stdout + stderr per job
-    max_output_line: int = 16 << 10
-    max_log_line: int = 16 << 10
 
 
 class ChildCrashed(Exception):
@@ -119,9 +110,7 @@ class ChildHandle:
         self._sink: Callable[[str, str], None] | None = None
         self._kill_reason: str | None = None
         self._reader = FrameReader(max(self.limits.max_result_bytes + 1024, 1 << 20))
-        self._partial = b""
-        self._out_bytes = 0
-        self._out_dropped = 0
+        self.output: ChildOutput | None = None
         self._pidfd: int | None = None
         self._ps: psutil.Process | None = None
         self._status_lock = threading.Lock()
@@ -139,12 +128,13 @@ class ChildHandle:
         """The one place a child's state changes."""
         if new is self.state:
             return
-        if new not in _NEXT[self.state]:
+        if new._name_ not in _NEXT[self.state._name_]:
             log.error("queue %s: child #%d pid %s: no transition %s -> %s (%s)", self.queue,
                       self.slot, self.pid, self.state.value, new.value, why)
             return
-        log.debug("queue %s: child #%d pid %s: %s -> %s%s", self.queue, self.slot, self.pid,
-                  self.state.value, new.value, f" ({why})" if why else "")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("queue %s: child #%d pid %s: %s -> %s (%s)", self.queue, self.slot,
+                      self.pid, self.state.value, new.value, why)
         self.state = new
 
     # -- boot -----------------------------------------------------------------
@@ -167,7 +157,9 @@ class ChildHandle:
             loop.add_reader(self._pidfd, self._on_exit, "its process exited")
         os.set_blocking(out_r.fileno(), False)
         os.set_blocking(parent.fileno(), False)
-        loop.add_reader(out_r.fileno(), self._on_output)
+        self.output = ChildOutput(self.queue, self.slot, out_r.fileno(), self.limits,
+                                  lambda: self.job_id)
+        loop.add_reader(out_r.fileno(), self.output.on_readable)
         self._reply = loop.create_future()
         loop.add_reader(parent.fileno(), self._on_readable)
         try:
@@ -189,7 +181,7 @@ class ChildHandle:
     def take(self, job_id: str) -> None:
         """An idle child is given a job (BUSY from here: nobody else takes it)."""
         self.job_id = job_id
-        self._to(ChildState.BUSY, f"job {job_id}")
+        self._to(ChildState.BUSY, "a job")
 
     def release(self) -> None:
         """A job taken but never sent (its wait was cancelled): idle again."""
@@ -207,7 +199,8 @@ class ChildHandle:
         self._reply = asyncio.get_running_loop().create_future()
         self._sink = sink
         self._kill_reason = None
-        self._out_bytes = self._out_dropped = 0
+        if self.output is not None:
+            self.output.job_started()
         try:
             self._write(job_frame)
             kind, value = await self._reply
@@ -221,15 +214,13 @@ class ChildHandle:
         raise ChildJobError(value)
 
     def _job_ended(self, job_id: str) -> None:
-        if self._out_dropped:
-            out_log.warning("child %s#%d job %s: %d bytes of output dropped (over the cap of "
-                            "%d bytes per job: max_output)", self.queue, self.slot, job_id,
-                            self._out_dropped, self.limits.max_output_bytes)
+        if self.output is not None:
+            self.output.job_ended(job_id)
         self.job_id = None
         self._sink = None
         self.last_used = time.monotonic()
         if self.state is ChildState.BUSY:
-            self._to(ChildState.IDLE, f"job {job_id} done")
+            self._to(ChildState.IDLE, "job done")
 
     def _write(self, data: bytes) -> None:
         """A frame to the child; the pipe is non-blocking, so a child that does
@@ -255,8 +246,9 @@ class ChildHandle:
 
     def _on_readable(self) -> None:
         assert self.conn is not None
+        size = max(1 << 16, min(self._reader.want, 1 << 20)) if self._reader.buffered else 1 << 16
         try:
-            chunk = os.read(self.conn.fileno(), max(1 << 16, min(self._reader.want, 1 << 20)))
+            chunk = os.read(self.conn.fileno(), size)
         except BlockingIOError:
             return
         except OSError:
@@ -281,7 +273,7 @@ class ChildHandle:
         state = self.state
         if state is ChildState.STOPPING or state is ChildState.EXITED:
             return
-        if kind in (Kind.READY, Kind.BOOT_ERROR):
+        if kind is Kind.READY or kind is Kind.BOOT_ERROR:
             if state is not ChildState.SPAWNING:
                 raise ProtocolError(f"a {kind.name} frame while {state.value}")
             value = decode(kind, body)
@@ -291,7 +283,10 @@ class ChildHandle:
             return
         if state is not ChildState.BUSY:
             raise ProtocolError(f"a {kind.name} frame while {state.value}")
-        if kind is Kind.PROGRESS or kind is Kind.CHILDREN:
+        if kind is Kind.RESULT:  # the usual frame first
+            decode(kind, body)  # valid JSON, or a protocol error; stored as sent
+            self._resolve(kind, body.decode())
+        elif kind is Kind.PROGRESS or kind is Kind.CHILDREN:
             decode(kind, body)  # JSON, or a protocol error
             if self._sink is not None:
                 self._sink("progress" if kind is Kind.PROGRESS else "children", body.decode())
@@ -301,9 +296,6 @@ class ChildHandle:
                 line = line[:self.limits.max_log_line] + f"... [cut: {len(line)} characters]"
             if self._sink is not None:
                 self._sink("log", line)
-        elif kind is Kind.RESULT:
-            decode(kind, body)  # valid JSON, or a protocol error; stored as sent
-            self._resolve(kind, body.decode())
         elif kind is Kind.ERROR:
             self._resolve(kind, check_error(decode(kind, body)))
         else:
@@ -401,44 +393,6 @@ class ChildHandle:
             self.proc.join(timeout)
             code: int | None = self.proc.exitcode
             return code
-
-    # -- its output -------------------------------------------------------------
-
-    def _on_output(self) -> None:
-        assert self.out is not None
-        try:
-            chunk = os.read(self.out.fileno(), 1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self.out.fileno())
-            if self._partial:
-                self._log_line(self._partial)
-                self._partial = b""
-            return
-        data = self._partial + chunk if self._partial else chunk
-        *lines, self._partial = data.split(b"\n")
-        for line in lines:
-            self._log_line(line)
-        if len(self._partial) > self.limits.max_output_line:
-            self._log_line(self._partial)
-            self._partial = b""
-
-    def _log_line(self, raw: bytes) -> None:
-        """One line of the child's output, within the caps (counted per job)."""
-        self._out_bytes += len(raw) + 1
-        if self._out_bytes > self.limits.max_output_bytes:
-            self._out_dropped += len(raw) + 1
-            return
-        cap = self.limits.max_output_line
-        text = raw[:cap].decode("utf-8", "replace").rstrip("\r")
-        if len(raw) > cap:
-            text += f"... [cut: {len(raw)} bytes]"
-        job = f" job {self.job_id}" if self.job_id else ""
-        out_log.info("child %s#%d%s: %s", self.queue, self.slot, job, text)
 
     # -- stopping -------------------------------------------------------------
 

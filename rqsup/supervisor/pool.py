@@ -27,13 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from rqsup.sandbox.hygiene import scrubbed_env
 from rqsup.sandbox.runtime import ChildSpec
-from rqsup.supervisor.child_handle import (
-    ChildCrashed,
-    ChildHandle,
-    ChildJobError,
-    ChildLimits,
-    ChildState,
-)
+from rqsup.supervisor.child_handle import ChildCrashed, ChildHandle, ChildJobError, ChildState
+from rqsup.supervisor.child_output import ChildLimits
 
 if TYPE_CHECKING:
     from rqsup.supervisor.tree import Supervised, Tree
@@ -233,12 +228,6 @@ class ChildPool:
 
     # -- running jobs -----------------------------------------------------------
 
-    def _idle_child(self) -> ChildHandle | None:
-        for c in self.children:
-            if c is not None and c.state is ChildState.IDLE:
-                return c
-        return None
-
     def _child_free(self, child: ChildHandle) -> None:
         """``child`` is idle: give it to the first job waiting, if any."""
         while self._waiters:
@@ -249,7 +238,11 @@ class ChildPool:
                 return
 
     async def _acquire(self, job_id: str) -> ChildHandle:
-        child = self._idle_child()
+        child = None
+        for c in self.children:
+            if c is not None and c.state is ChildState.IDLE:
+                child = c
+                break
         if child is not None and not self._waiters:
             child.take(job_id)
             return child
@@ -265,10 +258,10 @@ class ChildPool:
                 got = fut.result()
                 got.release()  # taken for us, never used
                 self._child_free(got)
+            else:  # still waiting in line (a resolved one was popped)
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
             raise
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(entry)
 
     async def run(
         self, job_id: str, job_frame: bytes, sink: Callable[[str, str], None],
