@@ -69,6 +69,33 @@ def validate_name(kind: str, value: str) -> str:
     return value
 
 
+def validate_prefix(prefix: str) -> str:
+    """A key prefix is a name (as :func:`validate_name`) that may hold one hash
+    tag, as BullMQ's ``{bull}``: ``"{bull}"`` or ``"app:{jobs}"`` put every
+    queue of the prefix in one Redis Cluster slot (the first ``{...}`` of a
+    key is its tag), so a flow may span queues there. Without one, each
+    queue is its own slot (``{<queue>}``)."""
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+    if "{" in prefix or "}" in prefix:
+        head, sep, rest = prefix.partition("{")
+        tag, sep2, tail = rest.partition("}")
+        if not sep or not sep2 or not tag or "{" in tail or "}" in tail or "}" in head:
+            raise ValueError(f"prefix {prefix!r} may hold one hash tag, as '{{bull}}': braces "
+                             "must be one pair with a name between them")
+        validate_name("prefix", (head + tag + tail).replace(":", "") or "x")
+        if any(c in _FORBIDDEN_IN_NAMES - {":"} for c in prefix.replace("{", "").replace("}", "")):
+            raise ValueError(f"prefix {prefix!r} must not contain whitespace or NUL")
+        return prefix
+    return validate_name("prefix", prefix)
+
+
+def hash_tag(prefix: str) -> str | None:
+    """The prefix's own hash tag (``"bull"`` for ``"{bull}"``), or None."""
+    start = prefix.find("{")
+    return prefix[start + 1:prefix.index("}")] if start >= 0 else None
+
+
 def validate_job_id(job_id: str) -> str:
     """A custom job id is any short string without ':' or whitespace.
 
@@ -111,7 +138,7 @@ class QueueKeys:
     queue: str
 
     def __post_init__(self) -> None:
-        validate_name("prefix", self.prefix)
+        validate_prefix(self.prefix)
         validate_name("queue name", self.queue)
 
     @property

@@ -202,7 +202,8 @@ def test_update_data_and_logs_and_get_jobs(redis_url: str) -> None:
     assert n == 2 and job.logs() == ["two", "three"]
     q.add("y")
     q.add("z")
-    assert [j.name for j in q.get_jobs("wait")] == ["y", "z"]
+    assert [j.name for j in q.get_jobs("wait")] == ["z", "y"]
+    assert [j.name for j in q.get_jobs("wait", asc=True)] == ["y", "z"]
     assert [j.id for j in q.get_jobs("active")] == [job.id]
 
 

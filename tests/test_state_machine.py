@@ -500,8 +500,8 @@ class JobStateMachine(RuleBasedStateMachine):
         states = self.q._driver.drive(self.q.core.op_states(ids))
         assert dict(zip(ids, states, strict=True)) == {i: self.jobs[i].state for i in ids}
 
-        assert [j.id for j in self.q.get_jobs("wait")] == self.wait
-        assert [j.id for j in self.q.get_jobs("prioritized")] == self.prio_order()
+        assert [j.id for j in self.q.get_jobs("wait", asc=True)] == self.wait
+        assert [j.id for j in self.q.get_jobs("prioritized", asc=True)] == self.prio_order()
 
         keys = self.q.core.keys
         hashes = self.q._driver.execute(Batch([Command(("HGETALL", keys.job(i))) for i in ids]))

@@ -43,7 +43,7 @@ from rqsup.config.values import (
 )
 from rqsup.config.values import processor as processor_spec
 from rqsup.errors import ConfigError
-from rqsup.keys import validate_name
+from rqsup.keys import validate_name, validate_prefix
 from rqsup.queue import options as options_mod
 
 __all__ = [
@@ -264,7 +264,7 @@ MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 
 def _redis(t: Table, base_dir: Path) -> RedisConfig:
     url = t.get("url", check_url, RedisConfig.url, show=_show_url)
-    prefix = t.get("prefix", lambda v: validate_name("prefix", v), "rqsup", show=None)
+    prefix = t.get("prefix", validate_prefix, "rqsup", show=None)
     ca = t.get("ssl_ca_certs", lambda v: existing_file(v, base_dir), None)
     if ca is not None and not url.startswith("rediss://"):
         t.problem("ssl_ca_certs", "only applies to TLS: use a rediss:// url")

@@ -68,24 +68,17 @@ class AsyncQueue:
     async def add(self, name: str, data: Any = None, **options: Any) -> AsyncJob:
         spec = self.core.spec(name, data, options)
         [added] = await self._driver.drive(self.core.op_add_jobs([spec]))
-        return self._job_from_added(added, spec.args)
+        return self._job_from_added(added)
 
     async def add_bulk(self, jobs: Iterable[Any]) -> list[AsyncJob]:
         specs = self.core.specs_from_bulk(jobs)
         added = await self._driver.drive(self.core.op_add_jobs(specs))
-        return [self._job_from_added(a, s.args) for s, a in zip(specs, added, strict=True)]
+        return [self._job_from_added(a) for a in added]
 
-    def _job_from_added(self, added: Added, args: tuple[Any, ...]) -> AsyncJob:
-        if added.fields is None:
-            job = self._job_after_add(added.id, args, added.event_id)
-        else:
-            job = AsyncJob(added.id, added.fields, self, added.event_id)
+    def _job_from_added(self, added: Added) -> AsyncJob:
+        job = AsyncJob(added.id, added.fields, self, added.event_id)
         job.add_outcome = added.outcome
         return job
-
-    def _job_after_add(self, job_id: str, args: tuple[Any, ...], event_id: str) -> AsyncJob:
-        raw = {"name": args[1], "data": args[2], "opts": args[3], "attempts": str(args[7])}
-        return AsyncJob(job_id, raw, self, event_id)
 
     async def call(
         self, name: str, data: Any = None, timeout: float | None = 30.0, **options: Any
@@ -134,8 +127,9 @@ class AsyncQueue:
         rec = await self._driver.drive(self.core.op_get_record(job_id))
         return None if rec is None else AsyncJob(rec.id, rec.raw, self, broken=rec.broken)
 
-    async def get_jobs(self, state: str, start: int = 0, end: int = -1) -> list[AsyncJob]:
-        recs = await self._driver.drive(self.core.op_get_records(state, start, end))
+    async def get_jobs(self, state: str | Iterable[str], start: int = 0, end: int = -1,
+                       asc: bool = False) -> list[AsyncJob]:
+        recs = await self._driver.drive(self.core.op_get_records(state, start, end, asc))
         return [AsyncJob(r.id, r.raw, self, broken=r.broken) for r in recs]
 
     async def counts(self) -> dict[str, int]:

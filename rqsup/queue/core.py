@@ -26,17 +26,20 @@ ADD_CHUNK = 500
 ADMIN_CHUNK = 1000
 #: What add.lua did with each job (its second reply value).
 ADD_OUTCOMES = {1: "created", 0: "duplicated", 2: "deduplicated", 3: "debounced"}
+#: get_jobs reads past ids whose hash is gone at most this many times per state.
+GET_JOBS_FILL_ROUNDS = 16
 
 
 class Added(NamedTuple):
     """One job of an add: its id (for a deduplicated add, the kept job's),
     ``outcome`` (an :data:`ADD_OUTCOMES` value), the ``added`` event id (only
-    when created) and, for deduplicated/debounced, the kept job's hash."""
+    when created) and the job's hash as stored (for a created job, built from
+    what was sent and the timestamp the script returned)."""
 
     id: str
     outcome: str
     event_id: str
-    fields: dict[str, str] | None
+    fields: dict[str, str]
 
 
 class AddSpec:
@@ -70,6 +73,16 @@ class AddSpec:
         self.name = name
         self.args = (shared[0], name, codec.encode_data(data, f"data of job {name!r}", max_data),
                      *shared[1:])
+
+    def stored(self, timestamp_ms: int) -> dict[str, str]:
+        """The hash add.lua writes for this job (it returns only the timestamp)."""
+        a = self.args
+        raw = {"name": a[1], "data": a[2], "opts": a[3], "timestamp": str(timestamp_ms),
+               "delay": str(a[4]), "priority": str(a[5]), "attempts": str(a[7]),
+               "attempts_made": "0"}
+        if a[8]:
+            raw["dedup_id"] = a[8]
+        return raw
 
 
 class QueueCore:
@@ -131,11 +144,6 @@ class QueueCore:
                 raise type(exc)(f"bulk job #{i}: {exc}") from None
         return specs
 
-    def op_add(self, specs: list[AddSpec]) -> Op[list[tuple[str, bool, str]]]:
-        """Add jobs; returns (id, created, added event id) per job."""
-        added = yield from self.op_add_jobs(specs)
-        return [(a.id, a.outcome == "created", a.event_id) for a in added]
-
     def op_add_jobs(self, specs: list[AddSpec]) -> Op[list[Added]]:
         """Add jobs; returns what happened to each (:class:`Added`)."""
         out: list[Added] = []
@@ -151,11 +159,13 @@ class QueueCore:
             replies = yield (reqs[0] if len(reqs) == 1 else Batch(reqs))
             if len(reqs) == 1:
                 replies = [replies]
-            for reply in replies:
-                for entry in reply:
-                    outcome = ADD_OUTCOMES[int(entry[1])]
-                    fields = fields_of(entry[3]) if len(entry) > 3 else None
-                    out.append(Added(codec.text(entry[0]), outcome, codec.text(entry[2]), fields))
+            entries = [entry for reply in replies for entry in reply]
+            done = len(out)
+            for spec, entry in zip(specs[done:done + len(entries)], entries, strict=True):
+                outcome = ADD_OUTCOMES[int(entry[1])]
+                created = outcome == "created"
+                fields = spec.stored(int(entry[3])) if created else fields_of(entry[3])
+                out.append(Added(codec.text(entry[0]), outcome, codec.text(entry[2]), fields))
         return out
 
     # -- deduplication --------------------------------------------------------
@@ -180,23 +190,58 @@ class QueueCore:
             raise JobNotFound(job_id)
         return rec
 
-    def op_get_records(self, state: str, start: int = 0, end: int = -1) -> Op[list[JobRecord]]:
-        """Jobs in one state, oldest first for lists/zsets as stored (wait: next to run first)."""
-        if state not in STATES:
-            raise InvalidOption(f"unknown state {state!r}; known: {', '.join(STATES)}")
+    def op_get_records(self, states: str | Iterable[str], start: int = 0, end: int = -1,
+                       asc: bool = False) -> Op[list[JobRecord]]:
+        """Jobs of one state or several (each state's range, in the order
+        given), as BullMQ's getJobs: newest first (the wait list's last
+        added, a zset's highest score), or oldest first with ``asc``. A listed
+        id whose hash is gone is skipped and the range filled from the jobs
+        beyond it, so a page is short only at the end of the state."""
+        names = [states] if isinstance(states, str) else list(states)
+        for state in names:
+            if state not in STATES:
+                raise InvalidOption(f"unknown state {state!r}; known: {', '.join(STATES)}")
+        for name, value in (("start", start), ("end", end)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidOption(f"{name} must be an int, got {value!r}")
+        if start < 0:
+            raise InvalidOption(f"start must be >= 0, got {start}")
+        out: list[JobRecord] = []
+        for state in names:
+            out += yield from self._state_range(state, start, end, asc)
+        return out
+
+    def _ids_at(self, state: str, pos: int, stop: int, asc: bool) -> Op[list[str]]:
+        """Ids at positions pos..stop (stop -1: to the end) in listing order."""
         if state == "wait":
-            # The wait list pops from the right: show the next to run first.
-            raw = yield Command(("LRANGE", self.keys.wait, -(end + 1) if end >= 0 else 0,
-                                 -(start + 1)))
-            ids = [codec.text(i) for i in reversed(raw)]
+            if asc:  # the pop end (next to run) first
+                raw = yield Command(("LRANGE", self.keys.wait, -(stop + 1) if stop >= 0 else 0,
+                                     -(pos + 1)))
+                return [codec.text(i) for i in reversed(raw)]
+            raw = yield Command(("LRANGE", self.keys.wait, pos, stop))
         else:
-            raw = yield Command(("ZRANGE", self.keys.key(state), start, end))
-            ids = [codec.text(i) for i in raw]
-        if not ids:
-            return []
-        hashes = yield Batch([Command(("HGETALL", self.keys.job(i))) for i in ids],
-                             errors_in_place=True)
-        return [_record(i, h) for i, h in zip(ids, hashes, strict=True) if h]
+            cmd = "ZRANGE" if asc else "ZREVRANGE"
+            raw = yield Command((cmd, self.keys.key(state), pos, stop))
+        return [codec.text(i) for i in raw]
+
+    def _state_range(self, state: str, start: int, end: int, asc: bool) -> Op[list[JobRecord]]:
+        want = None if end < 0 else max(0, end - start + 1)
+        out: list[JobRecord] = []
+        pos = start
+        for _round in range(GET_JOBS_FILL_ROUNDS):
+            if want is not None and len(out) >= want:
+                break
+            stop = -1 if want is None else pos + (want - len(out)) - 1
+            ids = yield from self._ids_at(state, pos, stop, asc)
+            if not ids:
+                break
+            hashes = yield Batch([Command(("HGETALL", self.keys.job(i))) for i in ids],
+                                 errors_in_place=True)
+            out += [_record(i, h) for i, h in zip(ids, hashes, strict=True) if h]
+            if want is None or len(ids) < stop - pos + 1:
+                break  # the whole rest was read, or the state ended
+            pos += len(ids)
+        return out
 
     def op_malformed(self, start: int = 0, end: int = -1) -> Op[list[tuple[str, str, int]]]:
         """Ids set aside because their key is no job hash: (id, why, when ms),

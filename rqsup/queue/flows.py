@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from rqsup.errors import EncodeError, InvalidOption
-from rqsup.keys import validate_name
+from rqsup.keys import hash_tag, validate_name, validate_prefix
 from rqsup.queue import codec
 from rqsup.queue import options as options_mod
 from rqsup.queue.core import QueueCore
@@ -64,7 +64,7 @@ def job_ref(key: str) -> str:
     head, sep, job_id = key.partition("}:job:")
     if not sep:
         return key
-    return head[head.index("{") + 1:] + ":" + job_id
+    return head[head.rindex("{") + 1:] + ":" + job_id
 
 
 def _is_cluster(client: Any) -> bool:
@@ -82,7 +82,7 @@ class FlowCore:
 
     def __init__(self, prefix: str = "rqsup", *, cluster: bool = False,
                  max_data_bytes: int = codec.DEFAULT_MAX_DATA_BYTES) -> None:
-        validate_name("prefix", prefix)
+        validate_prefix(prefix)
         self.prefix = prefix
         self.max_data_bytes = max_data_bytes
         #: The client is a Redis Cluster: a flow must stay in one queue (slot).
@@ -198,11 +198,12 @@ class FlowCore:
         queues: dict[str, int] = {}
         for s in specs:
             queues.setdefault(s.queue, len(queues) + 1)
-        if self.cluster and len(queues) > 1:
+        if self.cluster and len(queues) > 1 and hash_tag(self.prefix) is None:
             raise InvalidOption(
                 f"a flow across queues ({', '.join(sorted(queues))}) cannot run on Redis "
                 "Cluster: each queue hashes to its own slot ({queue} is the hash tag) and one "
-                "script must touch every job of the flow; keep a flow in one queue there")
+                "script must touch every job of the flow; keep a flow in one queue there, or "
+                "give the prefix a hash tag (prefix=\"{bull}\") to put every queue in one slot")
         args: list[Any] = [len(queues), *(self.queue_core(q).keys.base for q in queues),
                            len(specs)]
         for s in specs:

@@ -77,25 +77,18 @@ class Queue:
         (``job.deduplicated``)."""
         spec = self.core.spec(name, data, options)
         [added] = self._driver.drive(self.core.op_add_jobs([spec]))
-        return self._job_from_added(added, spec.args)
+        return self._job_from_added(added)
 
     def add_bulk(self, jobs: Iterable[Any]) -> list[Job]:
         """Add many jobs in few round trips: ``[{"name", "data", "opts"}]`` or tuples."""
         specs = self.core.specs_from_bulk(jobs)
         added = self._driver.drive(self.core.op_add_jobs(specs))
-        return [self._job_from_added(a, s.args) for s, a in zip(specs, added, strict=True)]
+        return [self._job_from_added(a) for a in added]
 
-    def _job_from_added(self, added: Added, args: tuple[Any, ...]) -> Job:
-        if added.fields is None:
-            job = self._job_after_add(added.id, args, added.event_id)
-        else:
-            job = Job(added.id, added.fields, self, added.event_id)
+    def _job_from_added(self, added: Added) -> Job:
+        job = Job(added.id, added.fields, self, added.event_id)
         job.add_outcome = added.outcome
         return job
-
-    def _job_after_add(self, job_id: str, args: tuple[Any, ...], event_id: str) -> Job:
-        raw = {"name": args[1], "data": args[2], "opts": args[3], "attempts": str(args[7])}
-        return Job(job_id, raw, self, event_id)
 
     def call(
         self, name: str, data: Any = None, timeout: float | None = 30.0, **options: Any
@@ -151,8 +144,12 @@ class Queue:
         rec = self._driver.drive(self.core.op_get_record(job_id))
         return None if rec is None else Job(rec.id, rec.raw, self, broken=rec.broken)
 
-    def get_jobs(self, state: str, start: int = 0, end: int = -1) -> list[Job]:
-        recs = self._driver.drive(self.core.op_get_records(state, start, end))
+    def get_jobs(self, state: str | Iterable[str], start: int = 0, end: int = -1,
+                 asc: bool = False) -> list[Job]:
+        """Jobs of a state (or of several, one after the other), positions
+        ``start`` to ``end`` (inclusive; -1: the last), newest first as in
+        BullMQ, oldest first (for wait: the next to run first) with ``asc``."""
+        recs = self._driver.drive(self.core.op_get_records(state, start, end, asc))
         return [Job(r.id, r.raw, self, broken=r.broken) for r in recs]
 
     def counts(self) -> dict[str, int]:

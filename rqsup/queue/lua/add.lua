@@ -7,11 +7,13 @@ ARGV: [1] number of jobs N, then 11 values per job:
       delay_ms, priority, lifo (0/1), attempts,
       dedup id ('' = none), dedup mode (until_done | ttl | debounce),
       dedup ttl_ms (mode ttl; '' or 0 otherwise)
-Returns: per job {id, outcome, event id or ''[, job hash as a flat list]}:
-  outcome 1 created; 0 duplicated (the custom id existed); 2 deduplicated (id
-  = the job holding the dedup key, nothing written); 3 debounced (id = the
-  kept delayed job, which now has this add's name, data, options and due
-  time). Outcomes 2 and 3 also return the kept job's hash.
+Returns: per job {id, outcome, event id or '', timestamp or job hash}:
+  outcome 1 created (then the job's timestamp: the caller has the rest of
+  what was stored); 0 duplicated (the custom id existed; its hash as stored);
+  2 deduplicated (id = the job holding the dedup key, nothing written); 3
+  debounced (id = the kept delayed job, which now has this add's name, data,
+  options and due time). Outcomes 0, 2 and 3 return the kept job's hash as
+  a flat list.
 Dedup, per job after the custom-id check: the key dedup:<dedup id> names the
   job that holds it. A debounce add whose kept job is still delayed and never
   started replaces it. Otherwise the add is deduplicated while the key has a
@@ -104,11 +106,14 @@ for i = 0, n - 1 do
       wake()
       woken = true
     end
-    out[#out + 1] = {id, 1, emit('event', 'added', 'id', id, 'name', ARGV[b + 1], 'state', state)}
+    out[#out + 1] = {id, 1, emit('event', 'added', 'id', id, 'name', ARGV[b + 1], 'state', state),
+      now}
     if taker then hand_off(id, taker, now) end
   elseif outcome == 0 then
     emit('event', 'duplicated', 'id', id)
-    out[#out + 1] = {id, 0, ''}
+    local flat = redis.pcall('HGETALL', PREFIX .. id)
+    if is_err(flat) then flat = {} end
+    out[#out + 1] = {id, 0, '', flat}
   else
     local jk = PREFIX .. kept
     if outcome == 3 then

@@ -26,7 +26,7 @@ end
 -- "<queue>:<id>", how people (and failed reasons) name a job of a flow.
 local function job_ref(jk)
   local q, id = split_job_key(jk)
-  return string.match(q.base, '{(.*)}$') .. ':' .. id
+  return string.match(q.base, '{([^{}]*)}$') .. ':' .. id
 end
 
 local function fq_emit(q, ...)

@@ -1,0 +1,98 @@
+"""BullMQ 6 semantics where rqsup used to differ (issue 10), against a real redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.crc import key_slot
+
+from rqsup import AsyncQueue, FlowProducer, Queue
+from rqsup.errors import InvalidOption
+
+
+def test_add_returns_the_job_as_stored(redis_url: str) -> None:
+    q = Queue("stored", redis_url)
+    job = q.add("x", {"a": 1}, delay=1.5, priority=3, attempts=4, job_id="j1")
+    stored = q.get_job("j1")
+    assert stored is not None
+    for attr in ("name", "data", "delay_ms", "priority", "attempts", "attempts_made",
+                 "timestamp_ms"):
+        assert getattr(job, attr) == getattr(stored, attr), attr
+    assert job.delay_ms == 1500 and job.priority == 3 and job.timestamp_ms > 0
+    # An existing custom id: the stored job comes back, not this call's data.
+    again = q.add("y", {"b": 2}, job_id="j1")
+    assert again.add_outcome == "duplicated"
+    assert again.name == "x" and again.data == {"a": 1} and again.delay_ms == 1500
+    bulk = q.add_bulk([{"name": "b", "data": i, "opts": {"priority": i + 1}} for i in range(3)])
+    assert [j.priority for j in bulk] == [1, 2, 3]
+    assert all(j.timestamp_ms > 0 for j in bulk)
+
+
+def test_async_add_returns_the_job_as_stored(redis_url: str) -> None:
+    async def main() -> None:
+        q = AsyncQueue("stored", redis_url)
+        job = await q.add("x", 1, delay=0.7, job_id="a1")
+        again = await q.add("other", 2, job_id="a1")
+        assert job.delay_ms == 700 and again.data == 1 and again.add_outcome == "duplicated"
+        await q.close()
+
+    asyncio.run(main())
+
+
+def test_get_jobs_is_newest_first_and_asc_is_next_to_run_first(redis_url: str) -> None:
+    q = Queue("order", redis_url)
+    ids = [q.add("w", i).id for i in range(5)]
+    assert [j.id for j in q.get_jobs("wait")] == ids[::-1]
+    assert [j.id for j in q.get_jobs("wait", asc=True)] == ids
+    assert [j.id for j in q.get_jobs("wait", 1, 2)] == [ids[3], ids[2]]
+    assert [j.id for j in q.get_jobs("wait", 1, 2, asc=True)] == [ids[1], ids[2]]
+    d = [q.add("d", i, delay=10 * (i + 1)).id for i in range(3)]
+    assert [j.id for j in q.get_jobs("delayed")] == d[::-1]
+    assert [j.id for j in q.get_jobs("delayed", asc=True)] == d
+    assert [j.id for j in q.get_jobs(["wait", "delayed"], 0, 0)] == [ids[4], d[2]]
+
+
+def test_get_jobs_fills_the_range_past_missing_hashes(redis_url: str) -> None:
+    q = Queue("fill", redis_url)
+    ids = [q.add("w", i).id for i in range(10)]
+    # Hashes gone behind the script's back (as after an eviction).
+    for gone in ids[5:9]:
+        q.client.delete(q.core.keys.job(gone))
+    page = q.get_jobs("wait", 0, 2)
+    assert [j.id for j in page] == [ids[9], ids[4], ids[3]]
+    assert [j.id for j in q.get_jobs("wait", 0, 2, asc=True)] == ids[:3]
+    assert len(q.get_jobs("wait")) == 6
+
+
+def test_get_jobs_refuses_bad_ranges_and_states(redis_url: str) -> None:
+    q = Queue("bad", redis_url)
+    with pytest.raises(InvalidOption, match="unknown state 'nope'"):
+        q.get_jobs("nope")
+    with pytest.raises(InvalidOption, match="start must be >= 0"):
+        q.get_jobs("wait", -1)
+    with pytest.raises(InvalidOption, match="end must be an int"):
+        q.get_jobs("wait", 0, "5")  # type: ignore[arg-type]
+
+
+def test_a_braced_prefix_puts_every_queue_on_one_slot(redis_url: str) -> None:
+    a = Queue("alpha", redis_url, prefix="{bull}")
+    b = Queue("beta", redis_url, prefix="{bull}")
+    assert a.core.keys.base == "{bull}:{alpha}"
+    assert key_slot(a.core.keys.wait.encode()) == key_slot(b.core.keys.wait.encode())
+    assert key_slot(a.core.keys.job("1").encode()) == key_slot(b"bull")
+    job = a.add("x", 1)
+    assert a.get_job(job.id) is not None and a.counts()["wait"] == 1
+    # A flow across two queues of the braced prefix; the failed reason names
+    # the child as <queue>:<id> (the second brace pair, not the prefix's).
+    fp = FlowProducer(redis_url, prefix="{bull}")
+    node = fp.add({"name": "p", "queue": "alpha",
+                   "children": [{"name": "c", "queue": "beta", "data": 2}]})
+    assert node.queue == "alpha" and node.children[0].queue == "beta"
+    tree = fp.get_flow("alpha", node.id)
+    assert tree is not None and tree["children"][0]["queue"] == "beta"
+    assert b.get_job(node.children[0].id) is not None
+    fp.close()
+    for bad in ("{a}{b}", "a}b{", "{}", "x{y"):
+        with pytest.raises(ValueError, match="prefix"):
+            Queue("q", redis_url, prefix=bad)
