@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from rqsup.errors import (
     ActiveJobsError,
+    ClosedError,
     ConfigError,
     EncodeError,
     InvalidOption,
@@ -51,12 +52,33 @@ _LAZY = {
 }
 
 __all__ = [
-    "ActiveJob", "ActiveJobsError", "AsyncFlowProducer", "AsyncJob", "AsyncQueue",
-    "ConfigError", "EncodeError", "Event", "FlowJob", "FlowProducer",
-    "InvalidOption", "Job", "JobError", "JobFailed", "JobNotActive", "JobNotFound",
-    "JobStateError", "LeaseLost", "MalformedJob", "Queue", "QueueEvents", "RateLimited",
+    "ActiveJob",
+    "ActiveJobsError",
+    "AsyncFlowProducer",
+    "AsyncJob",
+    "AsyncQueue",
+    "ClosedError",
+    "ConfigError",
+    "EncodeError",
+    "Event",
+    "FlowJob",
+    "FlowProducer",
+    "InvalidOption",
+    "Job",
+    "JobError",
+    "JobFailed",
+    "JobNotActive",
+    "JobNotFound",
+    "JobStateError",
+    "LeaseLost",
+    "MalformedJob",
+    "Queue",
+    "QueueEvents",
+    "RateLimited",
     "RqsupError",
-    "UnrecoverableError", "WaitingChildren", "Worker",
+    "UnrecoverableError",
+    "WaitingChildren",
+    "Worker",
 ]
 __version__ = "0.1.0"
 

@@ -48,6 +48,10 @@ class ConfigError(InvalidOption):
         super().__init__(message)
 
 
+class ClosedError(RqsupError, RuntimeError):
+    """A Queue, AsyncQueue or FlowProducer was used after ``close()``."""
+
+
 class EncodeError(RqsupError, ValueError):
     """Job data or a result cannot be encoded as JSON; nothing was written."""
 

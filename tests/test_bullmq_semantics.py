@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+import redis
 from redis.crc import key_slot
 
-from rqsup import AsyncQueue, FlowProducer, Queue
-from rqsup.errors import InvalidOption
+from rqsup import AsyncQueue, FlowProducer, JobFailed, Queue
+from rqsup.errors import ClosedError, InvalidOption
+from tests.helpers import await_until
 
 
 def test_add_returns_the_job_as_stored(redis_url: str) -> None:
@@ -96,3 +99,93 @@ def test_a_braced_prefix_puts_every_queue_on_one_slot(redis_url: str) -> None:
     for bad in ("{a}{b}", "a}b{", "{}", "x{y"):
         with pytest.raises(ValueError, match="prefix"):
             Queue("q", redis_url, prefix=bad)
+
+
+def test_queue_events_decode_values_and_wait_for_by_id(redis_url: str) -> None:
+    from rqsup import QueueEvents
+    from rqsup.supervisor import ActiveJob, Worker
+
+    async def proc(job: ActiveJob) -> Any:
+        job.update_progress({"pct": 10})
+        if job.data == "bad":
+            raise ValueError("nope")
+        return {"v": job.data}
+
+    async def main() -> None:
+        q = AsyncQueue("ev", redis_url)
+        events = QueueEvents("ev", redis_url, last_id="0")
+        seen: dict[str, list[Any]] = {"completed": [], "failed": [], "progress": []}
+        for name, box in seen.items():
+            events.on(name, lambda ev, box=box: box.append(ev))
+        reader = asyncio.create_task(events.run())
+        w = Worker("ev", proc, url=redis_url)
+        wt = asyncio.create_task(w.run())
+        good = await q.add("x", 5)
+        bad = await q.add("x", "bad", attempts=1)
+        assert await events.wait_for(good.id, timeout=10) == {"v": 5}
+        with pytest.raises(JobFailed, match="nope"):
+            await events.wait_for(bad.id, timeout=10)
+        await await_until(lambda: len(seen["failed"]) == 1 and len(seen["completed"]) == 1,
+                          "both events")
+        done = seen["completed"][0]
+        assert done.job_id == good.id and done.fields["returnvalue"] == {"v": 5}
+        failed = seen["failed"][0]
+        assert failed.fields["reason"] == "nope" and failed.fields["attempts_made"] == 1
+        assert seen["progress"][0].fields["progress"] == {"pct": 10}
+        # A custom event reaches QueueEvents too.
+        got: list[Any] = []
+        events.on("report", got.append)
+        await q.publish_event("report", {"rows": 3, "who": "etl"})
+        await await_until(lambda: got, "the custom event")
+        assert got[0].fields == {"rows": "3", "who": "etl"}
+        await w.close(5)
+        await wt
+        await events.close()
+        await reader
+        await q.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_trim_events_has_no_floor(redis_url: str) -> None:
+    q = Queue("trim", redis_url)
+    for i in range(30):
+        q.add("x", i)
+    q.publish_event("mine", {"n": 1})
+    assert q.trim_events(5) > 0
+    assert q.client.xlen(q.core.keys.events) == 5
+    q.trim_events(0)
+    assert q.client.xlen(q.core.keys.events) == 0
+    with pytest.raises(InvalidOption, match="max_len"):
+        q.trim_events(-1)
+    with pytest.raises(InvalidOption, match="field names"):
+        q.publish_event("x", {"event": "no"})
+
+
+def test_a_closed_producer_refuses_to_write(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    q = Queue("closed", connection=client)
+    q.add("x")
+    q.close()
+    with pytest.raises(ClosedError, match=r"Queue.*is closed"):
+        q.add("y")
+    with pytest.raises(ClosedError):
+        q.wait_for("1", timeout=1)
+    fp = FlowProducer(redis_url)
+    fp.close()
+    with pytest.raises(ClosedError, match=r"FlowProducer.*is closed"):
+        fp.add({"name": "p", "queue": "closed"})
+    assert client.llen(Queue("closed", connection=client).core.keys.wait) == 1
+
+    async def main() -> None:
+        aq = AsyncQueue("closed", redis_url)
+        await aq.close()
+        with pytest.raises(ClosedError):
+            await aq.add("z")
+        from rqsup import AsyncFlowProducer
+        afp = AsyncFlowProducer(redis_url)
+        await afp.close()
+        with pytest.raises(ClosedError):
+            await afp.add({"name": "p", "queue": "closed"})
+
+    asyncio.run(main())

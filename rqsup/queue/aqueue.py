@@ -55,6 +55,7 @@ class AsyncQueue:
         return f"AsyncQueue({self.core.name!r}, prefix={self.core.prefix!r})"
 
     async def close(self) -> None:
+        self._driver.close(repr(self))
         AsyncEventReader.stop_for(self.client)
         if self._own_client:
             await self.client.aclose()
@@ -91,6 +92,7 @@ class AsyncQueue:
     async def wait_for(
         self, job_id: str, timeout: float | None = None, after_id: str | None = None
     ) -> Any:
+        self._driver._refuse_if_closed()
         reader = await AsyncEventReader.for_queue(self.client, self.core.keys.events, after_id)
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
@@ -131,6 +133,15 @@ class AsyncQueue:
                        asc: bool = False) -> list[AsyncJob]:
         recs = await self._driver.drive(self.core.op_get_records(state, start, end, asc))
         return [AsyncJob(r.id, r.raw, self, broken=r.broken) for r in recs]
+
+    async def trim_events(self, max_len: int) -> int:
+        """Keep only the ``max_len`` newest events; how many were removed."""
+        return await self._driver.drive(self.core.op_trim_events(max_len))
+
+    async def publish_event(self, name: str, fields: Mapping[str, Any] | None = None) -> str:
+        """Add a custom event ``name`` to the stream (QueueEvents sees it);
+        non-text values are stored as JSON. Returns its stream id."""
+        return await self._driver.drive(self.core.op_publish_event(name, fields))
 
     async def counts(self) -> dict[str, int]:
         return await self._driver.drive(self.core.op_counts())

@@ -131,6 +131,25 @@ class AdminOps:
             raise InvalidOption(f"max_events must be an int >= 100, got {max_events!r}")
         yield Command(("HSET", self.keys.meta, "max_events", max_events))
 
+    def op_trim_events(self, max_len: int) -> Op[int]:
+        """Trim the event stream to exactly ``max_len`` newest entries (no
+        floor, as BullMQ's trimEvents); the number removed."""
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 0:
+            raise InvalidOption(f"trim_events max_len must be an int >= 0, got {max_len!r}")
+        return int((yield Command(("XTRIM", self.keys.events, "MAXLEN", max_len))))
+
+    def op_publish_event(self, name: str, fields: Any) -> Op[str]:
+        """A custom event on the queue's stream (BullMQ's publishEvent)."""
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise InvalidOption(f"an event name must be a non-empty str, got {name!r}")
+        flat: list[str] = []
+        for key, value in dict(fields or {}).items():
+            if not isinstance(key, str) or not key or key == "event":
+                raise InvalidOption(f"event field names are non-empty str other than 'event', "
+                                    f"got {key!r}")
+            flat += [key, value if isinstance(value, str) else codec.encode(value, key)]
+        return codec.text((yield self.script("publish", name, *flat)))
+
     # -- one job --------------------------------------------------------------
 
     def _job_reply(self, job_id: str, operation: str, reply: Any) -> str:

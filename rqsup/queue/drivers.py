@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError
 
+from rqsup.errors import ClosedError
 from rqsup.queue.scripts import SCRIPTS, Command, Op, Request, Script
 
 T = TypeVar("T")
@@ -40,7 +41,21 @@ def _check(results: list[Any]) -> list[Any]:
     return results
 
 
-class SyncDriver:
+class _Closable:
+    """A driver refuses every request once its owner is closed, so a closed
+    Queue or FlowProducer never writes (even on a shared connection)."""
+
+    closed_by: str | None = None
+
+    def close(self, owner: str) -> None:
+        self.closed_by = owner
+
+    def _refuse_if_closed(self) -> None:
+        if self.closed_by is not None:
+            raise ClosedError(f"{self.closed_by} is closed: create a new one to use it again")
+
+
+class SyncDriver(_Closable):
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.loaded = False
@@ -53,6 +68,7 @@ class SyncDriver:
         self.loaded = True
 
     def execute(self, req: Request) -> Any:
+        self._refuse_if_closed()
         if not self.loaded:
             self.load_scripts()
         if isinstance(req, Script):
@@ -90,7 +106,7 @@ class SyncDriver:
             return done.value  # type: ignore[no-any-return]
 
 
-class AsyncDriver:
+class AsyncDriver(_Closable):
     def __init__(self, client: aredis.Redis) -> None:
         self.client = client
         self.loaded = False
@@ -103,6 +119,7 @@ class AsyncDriver:
         self.loaded = True
 
     async def execute(self, req: Request) -> Any:
+        self._refuse_if_closed()
         if not self.loaded:
             await self.load_scripts()
         if isinstance(req, Script):
@@ -127,6 +144,7 @@ class AsyncDriver:
         """Run requests in one round trip; each one's reply, or the error it
         raised, in its place (one bad request does not hide the others'
         replies). Raises only when the round trip itself failed."""
+        self._refuse_if_closed()
         if not self.loaded:
             await self.load_scripts()
         pipe = self.client.pipeline(transaction=False)

@@ -7,6 +7,7 @@ queue's event stream, resumable from any stream id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -27,24 +28,53 @@ BLOCK_MS = 1000
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One event: ``name`` (added, active, completed, failed, ...), the job id, fields."""
+    """One event: ``name`` (added, active, completed, failed, ...), the job id, fields.
+
+    From :class:`QueueEvents` the fields are decoded as BullMQ gives them: a
+    completed event's ``returnvalue`` and a progress event's ``progress`` as
+    the JSON values they are, counts (``attempts_made``, ``delay``,
+    ``count``, ...) as ints; every other field is text."""
 
     stream_id: str
     name: str
     job_id: str | None
-    fields: dict[str, str]
+    fields: dict[str, Any]
 
 
-def parse_entries(entries: Sequence[Any]) -> list[Event]:
-    """Parse XREAD/XRANGE entries ``[(id, {field: value}) ...]``."""
+#: Fields of rqsup's own events that hold JSON (decoded for QueueEvents).
+JSON_FIELDS = {"completed": "returnvalue", "progress": "progress"}
+#: Fields of rqsup's own events that hold integers.
+INT_FIELDS = frozenset({"attempts_made", "delay", "count", "priority", "debounced"})
+
+
+def decode_fields(name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """An event's fields with JSON and integer values decoded; a value that
+    does not decode stays text (a custom event may reuse a name)."""
+    out = dict(fields)
+    json_field = JSON_FIELDS.get(name)
+    if json_field is not None and json_field in out:
+        with contextlib.suppress(ValueError):
+            out[json_field] = codec.decode(out[json_field])
+    for key in INT_FIELDS.intersection(out):
+        with contextlib.suppress(ValueError):
+            out[key] = int(out[key])
+    return out
+
+
+def parse_entries(entries: Sequence[Any], decode: bool = False) -> list[Event]:
+    """Parse XREAD/XRANGE entries ``[(id, {field: value}) ...]`` (``decode``:
+    as :func:`decode_fields`; the internal readers keep the raw text)."""
     out = []
     for sid, raw in entries:
-        fields = (
+        fields: dict[str, Any] = (
             {codec.text(k): codec.text(v) for k, v in raw.items()}
             if isinstance(raw, dict)
             else {codec.text(a): codec.text(b) for a, b in zip(raw[::2], raw[1::2], strict=True)}
         )
-        out.append(Event(codec.text(sid), fields.pop("event", ""), fields.pop("id", None), fields))
+        name = fields.pop("event", "")
+        job_id = fields.pop("id", None)
+        out.append(Event(codec.text(sid), name, job_id,
+                         decode_fields(name, fields) if decode else fields))
     return out
 
 
@@ -90,6 +120,17 @@ class QueueEvents:
         self.last_id = last_id
         self._callbacks: dict[str, list[Callback]] = {}
         self._closed = False
+        self._queue: Any = None  # an AsyncQueue on this client, made by wait_for
+
+    async def wait_for(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait for a job to finish, by id (no job object needed): its return
+        value, or JobFailed; JobNotFound if it is removed; TimeoutError."""
+        if self._queue is None:
+            from rqsup.queue.aqueue import AsyncQueue
+
+            self._queue = AsyncQueue(self.keys.queue, connection=self.client,
+                                     prefix=self.keys.prefix)
+        return await self._queue.wait_for(job_id, timeout)
 
     def on(self, event: str, callback: Callback) -> None:
         """Call ``callback(event)`` for events named ``event`` ("*" for all)."""
@@ -101,7 +142,7 @@ class QueueEvents:
         reply = await self.client.xread({self.keys.events: self.last_id}, count=500, block=BLOCK_MS)
         events: list[Event] = []
         for _key, entries in cast(Any, reply) or []:
-            events.extend(parse_entries(entries))
+            events.extend(parse_entries(entries, decode=True))
         if events:
             self.last_id = events[-1].stream_id
         return events
@@ -133,5 +174,7 @@ class QueueEvents:
 
     async def close(self) -> None:
         self._closed = True
+        if self._queue is not None:
+            await self._queue.close()
         if self._own_client:
             await self.client.aclose()

@@ -38,6 +38,8 @@ class FlowProducer:
         return f"FlowProducer(prefix={self.core.prefix!r})"
 
     def close(self) -> None:
+        """Release the connection; using the producer afterwards raises ClosedError."""
+        self._driver.close(repr(self))
         if self._own_client:
             self.client.close()
 
@@ -76,6 +78,7 @@ class AsyncFlowProducer:
         return f"AsyncFlowProducer(prefix={self.core.prefix!r})"
 
     async def close(self) -> None:
+        self._driver.close(repr(self))
         if self._own_client:
             await self.client.aclose()
 

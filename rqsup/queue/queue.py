@@ -58,6 +58,9 @@ class Queue:
         return f"Queue({self.core.name!r}, prefix={self.core.prefix!r})"
 
     def close(self) -> None:
+        """Release the connection (when the queue made it); using the queue
+        afterwards raises ClosedError."""
+        self._driver.close(repr(self))
         SyncEventReader.stop_for(self.client)
         if self._own_client:
             self.client.close()
@@ -107,6 +110,7 @@ class Queue:
         self, job_id: str, timeout: float | None = None, after_id: str | None = None
     ) -> Any:
         """Block until the job finishes; its return value, or JobFailed / TimeoutError."""
+        self._driver._refuse_if_closed()
         reader = SyncEventReader.for_queue(self.client, self.core.keys.events, after_id)
         done = threading.Event()
         box: list[Outcome] = []
@@ -151,6 +155,15 @@ class Queue:
         BullMQ, oldest first (for wait: the next to run first) with ``asc``."""
         recs = self._driver.drive(self.core.op_get_records(state, start, end, asc))
         return [Job(r.id, r.raw, self, broken=r.broken) for r in recs]
+
+    def trim_events(self, max_len: int) -> int:
+        """Keep only the ``max_len`` newest events; how many were removed."""
+        return self._driver.drive(self.core.op_trim_events(max_len))
+
+    def publish_event(self, name: str, fields: Mapping[str, Any] | None = None) -> str:
+        """Add a custom event ``name`` to the stream (QueueEvents sees it);
+        non-text values are stored as JSON. Returns its stream id."""
+        return self._driver.drive(self.core.op_publish_event(name, fields))
 
     def counts(self) -> dict[str, int]:
         return self._driver.drive(self.core.op_counts())
