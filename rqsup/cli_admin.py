@@ -251,8 +251,8 @@ def register(main: click.Group) -> None:
     simple("pause", "Stop every worker of QUEUE from claiming (adds still land).",
            lambda q: q.pause())
     simple("resume", "Let the workers of QUEUE claim again.", lambda q: q.resume())
-    simple("retry", "Move every failed job of QUEUE back to wait; prints how many.",
-           lambda q: q.retry_jobs("failed"))
+    simple("retry", "Move every failed job of QUEUE back to wait with a fresh set of attempts; "
+           "prints how many.", lambda q: q.retry_jobs("failed", reset_attempts_made=True))
     simple("promote", "Make every delayed job of QUEUE ready now; prints how many.",
            lambda q: q.promote_jobs())
 

@@ -96,6 +96,15 @@ def hash_tag(prefix: str) -> str | None:
     return prefix[start + 1:prefix.index("}")] if start >= 0 else None
 
 
+def job_ref(key: str) -> str:
+    """A job key ``<prefix>:{<queue>}:job:<id>`` -> ``<queue>:<id>``, how
+    flows name a child (the last brace pair: a prefix may hold its own)."""
+    head, sep, job_id = key.partition("}:job:")
+    if not sep:
+        return key
+    return head[head.rindex("{") + 1:] + ":" + job_id
+
+
 def validate_job_id(job_id: str) -> str:
     """A custom job id is any short string without ':' or whitespace.
 

@@ -10,7 +10,8 @@ import redis
 from redis.crc import key_slot
 
 from rqsup import AsyncQueue, FlowProducer, JobFailed, Queue
-from rqsup.errors import ClosedError, InvalidOption
+from rqsup.errors import ClosedError, InvalidOption, JobStateError
+from rqsup.queue.flows import FlowCore
 from tests.helpers import await_until
 
 
@@ -189,3 +190,138 @@ def test_a_closed_producer_refuses_to_write(redis_url: str) -> None:
             await afp.add({"name": "p", "queue": "closed"})
 
     asyncio.run(main())
+
+
+# -- helpers that drive the scripts as a worker would -------------------------------------
+
+
+def claim(q: Queue, n: int = 10, lease_ms: int = 30_000) -> list[tuple[str, str]]:
+    reply = q._driver.execute(q.core.script("claim", n, "w1", lease_ms))
+    return [(i.decode(), t.decode()) for i, t, _f in reply[1:]]
+
+
+def fail(q: Queue, job_id: str, token: str, reason: str = "bad") -> int:
+    return int(q._driver.execute(q.core.script(
+        "fail", 1, job_id, token, reason, "ValueError", "", -1, 5, -1, ""))[0])
+
+
+def test_a_job_failed_by_the_stall_limit_counts_the_attempt_and_its_own_retention(
+        redis_url: str) -> None:
+    q = Queue("stall", redis_url)
+    kept = q.add("x", remove_on_fail=False)
+    gone = q.add("x", remove_on_fail=True)
+    claim(q, 2)
+    for member in q.client.zrange(q.core.keys.active, 0, -1):
+        q.client.zadd(q.core.keys.active, {member: 0})  # the leases expired
+    # max_stalled_count 0, the worker's default retention keeps 5
+    q._driver.execute(q.core.script("sweep_stalled", 0, 0, 0, 100, 5, -1))
+    job = q.get_job(kept.id)
+    assert job is not None and job.state() == "failed"
+    assert job.attempts_made == 1 and job.error_type == "Stalled"
+    assert q.get_job(gone.id) is None  # its own remove_on_fail, not the default
+
+
+def test_a_parent_failed_by_a_child_keeps_its_retention_and_releases_its_dedup_key(
+        redis_url: str) -> None:
+    q = Queue("pf", redis_url)
+    step = q.add("step", remove_on_fail=True, dedup="once")
+    kept = q.add("step2", remove_on_fail=False, dedup="twice")
+    grants = dict(claim(q, 2))
+    for jid in (step.id, kept.id):
+        args = FlowCore().children_args("pf", [{"name": "c"}])
+        assert int(q._driver.execute(q.core.script("add_children", jid, grants[jid], 1,
+                                                   *args))) == 0
+        assert int(q._driver.execute(q.core.script("move_to_waiting_children", jid,
+                                                   grants[jid], -1, -1))) == 1
+    for cid, ctok in claim(q):
+        assert fail(q, cid, ctok) == 3
+    assert q.get_job(step.id) is None  # remove_on_fail=True applies to the parent
+    parent = q.get_job(kept.id)
+    assert parent is not None and parent.state() == "failed"
+    assert parent.error_type == "ChildFailed" and parent.finished_on_ms
+    assert q.get_dedup_job_id("once") is None and q.get_dedup_job_id("twice") is None
+    again = q.add("step", dedup="once")
+    assert again.add_outcome == "created"
+
+
+def test_failure_policy_continue_runs_the_parent_at_once(redis_url: str) -> None:
+    q = Queue("cont", redis_url)
+    fp = FlowProducer(redis_url)
+    node = fp.add({"name": "p", "queue": "cont", "children": [
+        {"name": "a", "opts": {"failure_policy": "continue"}},
+        {"name": "b"}]})
+    parent = q.get_job(node.id)
+    assert parent is not None and parent.state() == "waiting-children"
+    a = next(c for c in node.children if c.name == "a")
+    grants = dict(claim(q))
+    assert fail(q, a.id, grants[a.id], "a broke") == 3
+    assert parent.state() == "wait"  # b is still active, the parent runs now
+    assert q.get_job(node.id).get_failed_children_values() == {  # type: ignore[union-attr]
+        f"cont:{a.id}": "a broke"}
+    fp.close()
+
+
+def test_a_delayed_job_due_while_paused_moves_to_wait(redis_url: str) -> None:
+    from rqsup.supervisor import ActiveJob, Worker
+
+    async def proc(job: ActiveJob) -> None:
+        return None
+
+    async def main() -> None:
+        q = AsyncQueue("pd", redis_url)
+        await q.pause()
+        # A long block: without a wake the worker would not look again for 30 s.
+        w = Worker("pd", proc, url=redis_url, block_timeout_s=30)
+        wt = asyncio.create_task(w.run())
+        await await_until(lambda: w.pump.idle.is_set(), "the worker blocks")
+        for _ in range(3):
+            job = await q.add("d", delay=0.2)
+            await await_until(lambda job=job: _state_is(q, job.id, "wait"),
+                              "the due job moved to wait", timeout=5)
+        assert (await q.counts())["wait"] == 3 and w.processed == 0
+        await w.close(5)
+        await wt
+        await q.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+async def _state_is(q: AsyncQueue, job_id: str, state: str) -> bool:
+    return bool(await q._driver.drive(q.core.op_state(job_id)) == state)
+
+
+def test_retry_keeps_or_resets_the_attempt_counters_and_retries_completed(
+        redis_url: str) -> None:
+    q = Queue("rt", redis_url)
+    a = q.add("x", attempts=1, remove_on_fail=False, remove_on_complete=False)
+    b = q.add("x", attempts=1, remove_on_fail=False)
+    for jid, tok in claim(q):
+        fail(q, jid, tok)
+    a.retry()
+    assert a.refresh().attempts_made == 1 and a.attempts_started == 1
+    b.retry(reset_attempts_made=True, reset_attempts_started=True)
+    assert b.refresh().attempts_made == 0 and b.attempts_started == 0
+    grants = dict(claim(q))
+    q._driver.execute(q.core.script("complete", 1, 0, "w1", 30_000, a.id, grants[a.id],
+                                    '"ok"', -1, -1))
+    with pytest.raises(JobStateError, match="completed"):
+        a.retry()  # state defaults to failed
+    a.retry("completed")
+    assert a.state() == "wait" and a.refresh().return_value is None
+    assert a.attempts_made == 2  # each finished attempt counts, as in BullMQ
+
+
+def test_retry_jobs_takes_count_and_a_timestamp(redis_url: str) -> None:
+    q = Queue("rj", redis_url)
+    jobs = [q.add("x", attempts=1, remove_on_fail=False) for _ in range(4)]
+    for jid, tok in claim(q):
+        fail(q, jid, tok)
+    finished = sorted(j.refresh().finished_on_ms or 0 for j in jobs)
+    assert q.retry_jobs(timestamp=(finished[0] - 1) / 1000) == 0
+    assert q.retry_jobs(count=1) == 1
+    assert q.retry_jobs(timestamp=finished[-1] / 1000) == 3
+    assert q.counts()["wait"] == 4
+    with pytest.raises(InvalidOption, match="count"):
+        q.retry_jobs(count=0)
+    with pytest.raises(InvalidOption, match="retry state"):
+        q.retry_jobs("wait")

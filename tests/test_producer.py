@@ -167,9 +167,10 @@ def test_retry_clean_drain_promote_jobs_obliterate(redis_url: str) -> None:
         fail = q.core.script("fail", 1, job_id, token, "bad", "ValueError", "", -1, -1, -1, "")
         q._driver.execute(fail)
     assert q.counts()["failed"] == 3
-    jobs[0].retry()
-    assert jobs[0].state() == "wait" and q.get_job(jobs[0].id).attempts_made == 0  # type: ignore[union-attr]
-    assert q.retry_jobs("failed") == 2
+    jobs[0].retry()  # BullMQ's default: the attempt counters are kept
+    assert jobs[0].state() == "wait" and q.get_job(jobs[0].id).attempts_made == 1  # type: ignore[union-attr]
+    assert q.retry_jobs("failed", reset_attempts_made=True) == 2
+    assert q.get_job(jobs[1].id).attempts_made == 0  # type: ignore[union-attr]
     assert q.counts()["wait"] == 3
     # clean: nothing in wait is older than an hour; everything is older than 0 s
     assert q.clean(3600, 100, "wait") == []

@@ -427,8 +427,14 @@ class JobStateMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def retry(self, data: st.DataObject) -> None:
         job = self.jobs[data.draw(st.sampled_from(self.ids_in("failed")), label="job")]
-        self.real_job(job.id).retry()
-        job.attempts_made = 0
+        reset_made = data.draw(st.booleans(), label="reset attempts_made")
+        reset_started = data.draw(st.booleans(), label="reset attempts_started")
+        self.real_job(job.id).retry(reset_attempts_made=reset_made,
+                                    reset_attempts_started=reset_started)
+        if reset_made:
+            job.attempts_made = 0
+        if reset_started:
+            job.attempts_started = 0
         job.stalled_count = 0
         job.token = None
         job.ended_by = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aredis
@@ -18,6 +19,7 @@ from rqsup.queue.connection import async_client
 from rqsup.queue.core import Added, QueueCore
 from rqsup.queue.drivers import AsyncDriver
 from rqsup.queue.flows import FlowCore
+from rqsup.queue.options import epoch_ms
 from rqsup.queue.record import JobRecord
 from rqsup.queue.schedule import Schedule
 from rqsup.queue.waiters import (
@@ -205,8 +207,15 @@ class AsyncQueue:
     async def obliterate(self, force: bool = False) -> None:
         await self._driver.drive(self.core.op_obliterate(force))
 
-    async def retry_jobs(self, state: str = "failed", count: int | None = None) -> int:
-        return await self._driver.drive(self.core.op_retry_jobs(state, count))
+    async def retry_jobs(self, state: str = "failed", count: int | None = None,
+                   timestamp: float | datetime | None = None,
+                   reset_attempts_made: bool = False) -> int:
+        """Move finished jobs of ``state`` back to wait, oldest first, at most
+        ``count``, only those finished at or before ``timestamp`` (epoch
+        seconds or a datetime) when given; how many. As BullMQ's retryJobs,
+        attempts_made is kept unless ``reset_attempts_made``."""
+        return await self._driver.drive(self.core.op_retry_jobs(
+            state, count, epoch_ms(timestamp), reset_attempts_made))
 
     async def promote_jobs(self, count: int | None = None) -> int:
         return await self._driver.drive(self.core.op_promote_jobs(count))
@@ -288,11 +297,39 @@ class AsyncJob(JobRecord):
     async def promote(self) -> None:
         await self.queue._driver.drive(self.queue.core.op_promote(self.id))
 
-    async def retry(self, state: str = "failed") -> None:
-        await self.queue._driver.drive(self.queue.core.op_retry(self.id, state))
+    async def retry(self, state: str = "failed", *, reset_attempts_made: bool = False,
+                    reset_attempts_started: bool = False) -> None:
+        await self.queue._driver.drive(self.queue.core.op_retry(
+            self.id, state, reset_attempts_made, reset_attempts_started))
 
     async def remove(self) -> None:
         await self.queue._driver.drive(self.queue.core.op_remove(self.id))
+
+    async def get_children_values(self) -> dict[str, Any]:
+        return await self.queue._driver.drive(self.queue.core.op_children_values(self.id))
+
+    async def get_failed_children_values(self) -> dict[str, str]:
+        return await self.queue._driver.drive(self.queue.core.op_failed_children(self.id))
+
+    async def get_ignored_children_failures(self) -> dict[str, str]:
+        return await self.queue._driver.drive(self.queue.core.op_ignored_failures(self.id))
+
+    async def get_dependencies(self, *, processed: Any = None, unprocessed: Any = None,
+                               failed: Any = None, ignored: Any = None) -> dict[str, Any]:
+        asked = {"processed": processed, "unprocessed": unprocessed, "failed": failed,
+                 "ignored": ignored}
+        return await self.queue._driver.drive(self.queue.core.op_dependencies(self.id, asked))
+
+    async def get_dependencies_count(self, *, processed: bool = False,
+                                     unprocessed: bool = False, failed: bool = False,
+                                     ignored: bool = False) -> dict[str, int]:
+        kinds = [k for k, on in (("processed", processed), ("unprocessed", unprocessed),
+                                 ("failed", failed), ("ignored", ignored)) if on]
+        return await self.queue._driver.drive(self.queue.core.op_dependencies_count(self.id, kinds))
+
+    async def remove_unprocessed_children(self) -> int:
+        op = self.queue.core.op_remove_unprocessed_children(self.id)
+        return await self.queue._driver.drive(op)
 
     async def update_data(self, data: Any) -> None:
         await self.queue._driver.drive(self.queue.core.op_update_data(self.id, data))

@@ -104,13 +104,24 @@ class AdminOps:
             if int(cursor) == 0:
                 return
 
-    def op_retry_jobs(self, state: str, count: int | None) -> Op[int]:
+    def op_retry_jobs(self, state: str, count: int | None, timestamp_ms: int | None = None,
+                      reset_attempts_made: bool = False) -> Op[int]:
+        """Retry finished jobs, oldest first (BullMQ's retryJobs: those
+        finished at or before ``timestamp_ms`` when given; attempts kept
+        unless ``reset_attempts_made``)."""
         if state not in FINISHED_STATES:
             raise InvalidOption(f"retry state must be 'failed' or 'completed', got {state!r}")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                                  or count < 1):
+            raise InvalidOption(f"retry count must be an int >= 1, got {count!r}")
+        if timestamp_ms is not None and (isinstance(timestamp_ms, bool)
+                                         or not isinstance(timestamp_ms, int)):
+            raise InvalidOption(f"retry timestamp must be ms since the epoch, got {timestamp_ms!r}")
         total = 0
         while count is None or total < count:
             step = ADMIN_CHUNK if count is None else min(ADMIN_CHUNK, count - total)
-            _code, n = yield self.script("retry", state, "", step)
+            _code, n = yield self.script("retry", state, "", step, int(reset_attempts_made), 0,
+                                         "" if timestamp_ms is None else timestamp_ms)
             total += int(n)
             if int(n) < step:
                 break
@@ -171,10 +182,12 @@ class AdminOps:
         reply = yield self.script("promote", job_id, 1)
         self._job_reply(job_id, "promote", reply)
 
-    def op_retry(self, job_id: str, state: str) -> Op[None]:
+    def op_retry(self, job_id: str, state: str, reset_attempts_made: bool = False,
+                 reset_attempts_started: bool = False) -> Op[None]:
         if state not in FINISHED_STATES:
             raise InvalidOption(f"retry state must be 'failed' or 'completed', got {state!r}")
-        reply = yield self.script("retry", state, job_id, 1)
+        reply = yield self.script("retry", state, job_id, 1, int(reset_attempts_made),
+                                  int(reset_attempts_started), "")
         self._job_reply(job_id, f"retry (as {state})", reply)
 
     def op_remove(self, job_id: str) -> Op[None]:

@@ -52,8 +52,9 @@ class FlowProducer:
     def add(self, tree: Any) -> FlowJob:
         """Add a flow; nothing is written when any job of it is invalid. A
         child's ``opts`` may carry ``failure_policy``: "fail" (default),
-        "ignore" or "remove". An existing custom id of the root: nothing is
-        added (``duplicated``); of another job: InvalidOption."""
+        "ignore", "remove" or "continue" (see rqsup.queue.flows). An
+        existing custom id of the root: nothing is added (``duplicated``);
+        of another job: InvalidOption."""
         return self._driver.drive(self.core.op_add(tree))
 
     def get_flow(self, queue: str, job_id: str, depth: int = 10,

@@ -9,7 +9,9 @@ and the worker uses it for step jobs (``job.add_children``). The Redis side is
 A tree node is ``{"name", "queue", "data", "opts", "children"}``. A child's
 queue defaults to its parent's; its ``opts`` may carry ``failure_policy``:
 ``"fail"`` (default: the parent fails), ``"ignore"`` (the parent runs and
-sees the failure) or ``"remove"`` (the parent just stops waiting for it).
+sees the failure), ``"remove"`` (the parent just stops waiting for it) or
+``"continue"`` (BullMQ's continueParentOnFailure: the parent runs at once,
+with the failure recorded, whatever children are still pending).
 Children are named ``"<queue>:<id>"`` in what processors and ``get_flow`` see.
 """
 
@@ -21,14 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from rqsup.errors import EncodeError, InvalidOption
-from rqsup.keys import hash_tag, validate_name, validate_prefix
+from rqsup.keys import hash_tag, job_ref, validate_name, validate_prefix
 from rqsup.queue import codec
 from rqsup.queue import options as options_mod
 from rqsup.queue.core import QueueCore
 from rqsup.queue.record import fields_of
 from rqsup.queue.scripts import Batch, Command, Op, Script
 
-FAILURE_POLICIES = ("fail", "ignore", "remove")
+FAILURE_POLICIES = ("fail", "ignore", "remove", "continue")
 #: Levels of nesting at most (the scripts walk trees without recursion; this
 #: bounds what Python builds and reads back).
 MAX_DEPTH = 100
@@ -57,14 +59,6 @@ class _Spec(NamedTuple):
     path: str
     parent: int  # 1-based index of the parent in the flat list, 0 = none
     values: tuple[Any, ...]  # ARGV values after the queue index
-
-
-def job_ref(key: str) -> str:
-    """``<prefix>:{<queue>}:job:<id>`` -> ``<queue>:<id>``."""
-    head, sep, job_id = key.partition("}:job:")
-    if not sep:
-        return key
-    return head[head.rindex("{") + 1:] + ":" + job_id
 
 
 def _is_cluster(client: Any) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from rqsup import backoff as backoff_mod
@@ -46,6 +46,18 @@ def seconds_to_ms(name: str, value: Any, *, allow_none: bool = False) -> int | N
     if value < 0:
         raise InvalidOption(f"{name} must be >= 0 seconds, got {value!r}")
     return round(value * 1000)
+
+
+def epoch_ms(when: Any, name: str = "timestamp") -> int | None:
+    """A point in time (epoch seconds, or an aware or naive-local datetime)
+    as epoch ms; None stays None."""
+    if when is None:
+        return None
+    if isinstance(when, datetime):
+        return int(when.timestamp() * 1000)
+    if isinstance(when, bool) or not isinstance(when, int | float) or when < 0:
+        raise InvalidOption(f"{name} must be epoch seconds or a datetime, got {when!r}")
+    return int(when * 1000)
 
 
 def retention(name: str, value: Any, default: Mapping[str, int]) -> dict[str, int]:

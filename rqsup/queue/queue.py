@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -16,6 +17,7 @@ from rqsup.queue.connection import sync_client
 from rqsup.queue.core import Added, QueueCore
 from rqsup.queue.drivers import SyncDriver
 from rqsup.queue.flows import FlowCore
+from rqsup.queue.options import epoch_ms
 from rqsup.queue.record import JobRecord
 from rqsup.queue.schedule import Schedule
 from rqsup.queue.waiters import (
@@ -238,8 +240,15 @@ class Queue:
         """Delete the queue and every job; refuses while jobs are active unless forced."""
         self._driver.drive(self.core.op_obliterate(force))
 
-    def retry_jobs(self, state: str = "failed", count: int | None = None) -> int:
-        return self._driver.drive(self.core.op_retry_jobs(state, count))
+    def retry_jobs(self, state: str = "failed", count: int | None = None,
+                   timestamp: float | datetime | None = None,
+                   reset_attempts_made: bool = False) -> int:
+        """Move finished jobs of ``state`` back to wait, oldest first, at most
+        ``count``, only those finished at or before ``timestamp`` (epoch
+        seconds or a datetime) when given; how many. As BullMQ's retryJobs,
+        attempts_made is kept unless ``reset_attempts_made``."""
+        return self._driver.drive(self.core.op_retry_jobs(
+            state, count, epoch_ms(timestamp), reset_attempts_made))
 
     def promote_jobs(self, count: int | None = None) -> int:
         return self._driver.drive(self.core.op_promote_jobs(count))
@@ -338,11 +347,46 @@ class Job(JobRecord):
     def promote(self) -> None:
         self.queue._driver.drive(self.queue.core.op_promote(self.id))
 
-    def retry(self, state: str = "failed") -> None:
-        self.queue._driver.drive(self.queue.core.op_retry(self.id, state))
+    def retry(self, state: str = "failed", *, reset_attempts_made: bool = False,
+              reset_attempts_started: bool = False) -> None:
+        """Move this finished job (``state``: failed or completed) back to
+        wait. As BullMQ, its attempt counters are kept unless reset."""
+        self.queue._driver.drive(self.queue.core.op_retry(
+            self.id, state, reset_attempts_made, reset_attempts_started))
 
     def remove(self) -> None:
         self.queue._driver.drive(self.queue.core.op_remove(self.id))
+
+    def get_children_values(self) -> dict[str, Any]:
+        """Return values of the finished children, by ``"<queue>:<id>"``."""
+        return self.queue._driver.drive(self.queue.core.op_children_values(self.id))
+
+    def get_failed_children_values(self) -> dict[str, str]:
+        """Failed reasons of the children that failed it (policy fail or continue)."""
+        return self.queue._driver.drive(self.queue.core.op_failed_children(self.id))
+
+    def get_ignored_children_failures(self) -> dict[str, str]:
+        """Failed reasons of the children with failure policy ignore."""
+        return self.queue._driver.drive(self.queue.core.op_ignored_failures(self.id))
+
+    def get_dependencies(self, *, processed: Any = None, unprocessed: Any = None,
+                         failed: Any = None, ignored: Any = None) -> dict[str, Any]:
+        """BullMQ's getDependencies: each kind True or ``{"cursor", "count"}``
+        for one page of it and ``next_<kind>_cursor``; none: all, whole."""
+        asked = {"processed": processed, "unprocessed": unprocessed, "failed": failed,
+                 "ignored": ignored}
+        return self.queue._driver.drive(self.queue.core.op_dependencies(self.id, asked))
+
+    def get_dependencies_count(self, *, processed: bool = False, unprocessed: bool = False,
+                               failed: bool = False, ignored: bool = False) -> dict[str, int]:
+        """How many dependencies of the kinds named (all kinds when none is)."""
+        kinds = [k for k, on in (("processed", processed), ("unprocessed", unprocessed),
+                                 ("failed", failed), ("ignored", ignored)) if on]
+        return self.queue._driver.drive(self.queue.core.op_dependencies_count(self.id, kinds))
+
+    def remove_unprocessed_children(self) -> int:
+        """Delete the children that have not finished and are not running."""
+        return self.queue._driver.drive(self.queue.core.op_remove_unprocessed_children(self.id))
 
     def update_data(self, data: Any) -> None:
         self.queue._driver.drive(self.queue.core.op_update_data(self.id, data))

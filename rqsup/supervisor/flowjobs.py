@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rqsup.errors import EncodeError, InvalidOption
+from rqsup.keys import job_ref
 from rqsup.queue import codec
 from rqsup.queue.connection import REDIS_ERRORS, reraise_if_cancelling
-from rqsup.queue.flows import FlowCore, job_ref
+from rqsup.queue.flows import FlowCore
 from rqsup.queue.record import fields_of
 from rqsup.queue.scripts import Batch, Command
 from rqsup.supervisor.active import FlowInfo, Running

@@ -50,7 +50,7 @@ local now = now_ms()
 local n = tonumber(ARGV[1])
 redis.call('HSETNX', k.meta, 'version', '1')
 local out = {}
-local woken = false
+local woken, woke_delayed = false, false
 for i = 0, n - 1 do
   local b = 2 + i * 11
   local id = ARGV[b]
@@ -101,8 +101,12 @@ for i = 0, n - 1 do
         state = push_ready(id, priority, ARGV[b + 6] == '1')
       end
     end
-    if not woken and state ~= 'active' then
-      -- A delayed job wakes a worker too: it recomputes how long to block.
+    if state == 'delayed' and not woke_delayed then
+      -- A delayed job wakes a worker too (even while paused): it recomputes
+      -- how long to block.
+      wake(true)
+      woken, woke_delayed = true, true
+    elseif not woken and state ~= 'active' then
       wake()
       woken = true
     end
@@ -121,9 +125,9 @@ for i = 0, n - 1 do
       redis.call('HSET', jk, 'name', ARGV[b + 1], 'data', ARGV[b + 2], 'opts', ARGV[b + 3],
         'delay', delay, 'priority', ARGV[b + 5], 'attempts', ARGV[b + 7])
       redis.call('ZADD', k.delayed, now + delay, kept)
-      if not woken then
-        wake()  -- the due time may have moved earlier
-        woken = true
+      if not woke_delayed then
+        wake(true)  -- the due time may have moved earlier
+        woken, woke_delayed = true, true
       end
     end
     emit('event', 'deduplicated', 'id', kept, 'dedup_id', did, 'rejected', id,

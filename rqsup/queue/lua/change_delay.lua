@@ -23,6 +23,6 @@ end
 local delay = tonumber(ARGV[2])
 redis.call('ZADD', k.delayed, now + delay, id)
 redis.call('HSET', PREFIX .. id, 'delay', delay)
-wake()
+wake(true)
 emit('event', 'delayed', 'id', id, 'delay', delay)
 return {0, ''}

@@ -45,7 +45,7 @@ for i = 0, f - 1 do
         push_ready(id, job_priority(id), false)
         codes[#codes + 1] = 1
       end
-      wake()
+      wake(delay > 0)
       emit('event', 'retrying', 'id', id, 'attempts_made', made, 'delay', delay, 'reason', reason)
     else
       redis.call('HSET', jk, 'finished_on', now)

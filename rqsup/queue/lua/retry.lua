@@ -1,8 +1,12 @@
---[[ retry: move finished jobs back to wait for a fresh set of attempts.
-Resets attempts_made, stalled_count and the previous outcome.
+--[[ retry: move finished jobs back to wait (BullMQ's job.retry / retryJobs).
+Clears the previous outcome and stalled_count; attempts_made and
+attempts_started only when asked (BullMQ's defaults: kept, so a job whose
+attempts are spent runs once more and fails for good on its next failure).
 KEYS: the standard queue keys (common.lua).
 ARGV: [1] state the jobs must be in ('failed' or 'completed'),
-      [2] job id, or '' for the oldest jobs of that state; [3] at most this many
+      [2] job id, or '' for the oldest jobs of that state; [3] at most this many,
+      [4] reset attempts_made (0/1), [5] reset attempts_started (0/1),
+      [6] only jobs finished at or before this time (ms; '' any)
 Returns: {code, state or count}: {0, n}, {-1, ''}, {-4, state}, {-6, reason}
   (malformed: set aside, quarantine in common.lua)
 Events: retried {id}.
@@ -20,7 +24,8 @@ if ARGV[2] ~= '' then
   end
   ids = {id}
 else
-  ids = redis.call('ZRANGE', set, 0, tonumber(ARGV[3]) - 1)
+  local before = ARGV[6] ~= '' and ARGV[6] or '+inf'
+  ids = redis.call('ZRANGEBYSCORE', set, '-inf', before, 'LIMIT', 0, tonumber(ARGV[3]))
 end
 local n, now = 0, now_ms()
 for _, id in ipairs(ids) do
@@ -31,9 +36,11 @@ for _, id in ipairs(ids) do
     quarantine(id, problem, now)
     if ARGV[2] ~= '' then return {-6, problem[1]} end
   else
-  redis.call('HDEL', jk, 'finished_on', 'failed_reason', 'error_type', 'stacktrace',
-    'returnvalue', 'token')
-  redis.call('HSET', jk, 'attempts_made', 0, 'stalled_count', 0)
+  redis.call('HDEL', jk, 'finished_on', 'processed_on', 'failed_reason', 'error_type',
+    'stacktrace', 'returnvalue', 'token', 'ended')
+  redis.call('HSET', jk, 'stalled_count', 0)
+  if ARGV[4] == '1' then redis.call('HSET', jk, 'attempts_made', 0) end
+  if ARGV[5] == '1' then redis.call('HSET', jk, 'attempts_started', 0) end
   push_ready(id, job_priority(id), false)
   emit('event', 'retried', 'id', id)
   n = n + 1

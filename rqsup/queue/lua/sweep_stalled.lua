@@ -61,15 +61,7 @@ for _, id in ipairs(expired) do
         'stacktrace', '', 'attempts_made', made)
       on_fail_job(id, reason, now)  -- a parent waiting for it (flows)
       -- The job's own remove_on_fail (stored in opts as keep_failed), else the default.
-      local keep_count, keep_age = tonumber(ARGV[5]), tonumber(ARGV[6])
-      local opts = jget(jk, 'opts')
-      if opts and string.find(opts, 'keep_failed', 1, true) then
-        local ok, o = pcall(cjson.decode, opts)
-        if ok and type(o) == 'table' and type(o.keep_failed) == 'table' then
-          keep_count = tonumber(o.keep_failed.count) or keep_count
-          keep_age = tonumber(o.keep_failed.age_ms) or keep_age
-        end
-      end
+      local keep_count, keep_age = keep_failed_of(jk, tonumber(ARGV[5]), tonumber(ARGV[6]))
       finish_job(id, k.failed, now, keep_count, keep_age)
       failed[#failed + 1] = id
     else

@@ -157,8 +157,11 @@ local function push_ready(id, priority, front)
 end
 
 -- Wake one blocked worker (not while paused: resume re-arms it).
-local function wake()
-  if redis.call('HEXISTS', k.meta, 'paused') == 0 then
+-- `delayed`: a delayed job's due time was set; wake even while paused, so
+-- that a blocked worker recomputes how long to block and moves the job to
+-- wait when it comes due (where the pause holds it).
+local function wake(delayed)
+  if delayed or redis.call('HEXISTS', k.meta, 'paused') == 0 then
     redis.call('ZADD', k.marker, 0, 'w')
   end
 end
@@ -173,18 +176,19 @@ end
 -- finished=true (the job completed or failed for good): a throttle window (a
 -- key with a TTL) stays until it expires. Otherwise (the job is deleted by
 -- remove, clean, drain, obliterate) the key goes whatever its mode.
-local function release_dedup(id, finished)
-  local did = jget(PREFIX .. id, 'dedup_id')
+local function release_dedup(id, finished, q)
+  local did = jget((q and q.job or PREFIX) .. id, 'dedup_id')
   if not did then return end
-  local dk = dedup_key(did)
+  local dk = (q and q.dedup or P.dedup) .. did
   if redis.call('GET', dk) ~= id then return end
   if finished and redis.call('PTTL', dk) > 0 then return end
   redis.call('DEL', dk)
 end
 
 -- Delete a job's keys, nothing else (with a parent's flow keys: flow.lua).
-local function drop_job(id)
-  local jk = PREFIX .. id
+-- `q` (fq): a job of another queue of the flow; nil: this queue.
+local function drop_job(id, q)
+  local jk = (q and q.job or PREFIX) .. id
   redis.call('DEL', jk, jk .. ':logs', jk .. ':deps', jk .. ':processed', jk .. ':ignored',
     jk .. ':failed_children')
 end
@@ -279,12 +283,12 @@ end
 
 -- Keep at most keep_count jobs (negative: no count limit), none older than
 -- keep_age_ms (negative: no age limit), in a finished zset. Bounded work.
-local function apply_retention(set, now, keep_count, keep_age_ms)
+local function apply_retention(set, now, keep_count, keep_age_ms, q)
   -- Finished jobs released their dedup keys when they finished: drop_job.
   if keep_age_ms >= 0 then
     local old = redis.call('ZRANGEBYSCORE', set, '-inf', now - keep_age_ms, 'LIMIT', 0, 1000)
     for _, oid in ipairs(old) do
-      drop_job(oid)
+      drop_job(oid, q)
       redis.call('ZREM', set, oid)
     end
   end
@@ -293,7 +297,7 @@ local function apply_retention(set, now, keep_count, keep_age_ms)
     if excess > 0 then
       if excess > 1000 then excess = 1000 end
       for _, oid in ipairs(redis.call('ZRANGE', set, 0, excess - 1)) do
-        drop_job(oid)
+        drop_job(oid, q)
       end
       redis.call('ZREMRANGEBYRANK', set, 0, excess - 1)
     end
@@ -302,14 +306,28 @@ end
 
 -- Move a job that left active for good into completed/failed (or delete it).
 -- Releases the job's dedup key (until_done and debounce; a ttl window stays).
-local function finish_job(id, set, now, keep_count, keep_age_ms)
-  release_dedup(id, true)
+local function finish_job(id, set, now, keep_count, keep_age_ms, q)
+  release_dedup(id, true, q)
   if keep_count == 0 then
-    drop_job(id)
+    drop_job(id, q)
   else
     redis.call('ZADD', set, now, id)
-    apply_retention(set, now, keep_count, keep_age_ms)
+    apply_retention(set, now, keep_count, keep_age_ms, q)
   end
+end
+
+-- The failed-job retention of job key `jk`: its own remove_on_fail (stored
+-- in opts as keep_failed) where set, else the defaults given.
+local function keep_failed_of(jk, keep_count, keep_age)
+  local opts = jget(jk, 'opts')
+  if opts and string.find(opts, 'keep_failed', 1, true) then
+    local ok, o = pcall(cjson.decode, opts)
+    if ok and type(o) == 'table' and type(o.keep_failed) == 'table' then
+      keep_count = tonumber(o.keep_failed.count) or keep_count
+      keep_age = tonumber(o.keep_failed.age_ms) or keep_age
+    end
+  end
+  return keep_count, keep_age
 end
 
 -- -- Damaged jobs ------------------------------------------------------------------

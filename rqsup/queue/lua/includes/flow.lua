@@ -4,12 +4,12 @@
 -- the job keys stored in the hashes ("<prefix>:{<queue>}:job:<id>"). On Redis
 -- Cluster this needs every queue of a flow in one slot (Python refuses a
 -- flow across queues there).
---   child hash: parent = the parent's job key, parent_policy = fail|ignore|remove
+--   child hash: parent = the parent's job key, parent_policy = fail|ignore|remove|continue
 --   parent hash: has_children = 1; parent keys (deleted with the job by drop_job):
 --     <job key>:deps             SET  job keys of the children not finished yet
 --     <job key>:processed        HASH child job key -> return value (JSON)
 --     <job key>:ignored          HASH child job key -> failed reason (policy ignore)
---     <job key>:failed_children  HASH child job key -> failed reason (policy fail)
+--     <job key>:failed_children  HASH child job key -> failed reason (fail, continue)
 
 -- A job key -> its queue's keys (fq, from the generated keys include), its id.
 local FQ_CACHE = {}
@@ -78,9 +78,10 @@ local function fq_state(q, id)
   return 'unknown'
 end
 
--- A parent with nothing pending that waits in waiting-children becomes ready.
-local function release_parent(pk)
-  if redis.call('SCARD', pk .. ':deps') > 0 then return end
+-- A parent with nothing pending that waits in waiting-children becomes ready
+-- (`at_once`: whatever is pending, for failure policy continue).
+local function release_parent(pk, at_once)
+  if not at_once and redis.call('SCARD', pk .. ':deps') > 0 then return end
   local q, pid = split_job_key(pk)
   if not redis.call('ZSCORE', q.waiting_children, pid) then return end
   redis.call('ZREM', q.waiting_children, pid)
@@ -100,12 +101,14 @@ local function flow_completed(id, value)
 end
 
 -- Fail a parent that waits in waiting-children (a child with policy fail
--- failed), then its own parent by that parent's policy, and so on up.
--- Returns nothing; a parent in another state only keeps the record (a
--- running step job fails when it asks to wait: move_to_waiting_children).
+-- failed), then its own parent by that parent's policy, and so on up. A
+-- failed parent keeps its own remove_on_fail and releases its dedup key, as
+-- any failed job. A parent in another state only keeps the record (a running
+-- step job fails when it asks to wait: move_to_waiting_children); policy
+-- continue records it too and lets the parent run now.
 local function child_failed(ck, reason, now)
+  local f = jmget(ck, 'parent', 'parent_policy') or {}
   while true do
-    local f = jmget(ck, 'parent', 'parent_policy') or {}
     local pk, policy = f[1], f[2] or 'fail'
     if not pk or parent_damaged(pk) then return end
     if redis.call('SREM', pk .. ':deps', ck) == 0 then return end  -- not waited for
@@ -118,15 +121,22 @@ local function child_failed(ck, reason, now)
       return
     end
     redis.call('HSET', pk .. ':failed_children', ck, reason)
+    if policy == 'continue' then
+      release_parent(pk, true)
+      return
+    end
     local q, pid = split_job_key(pk)
     if not redis.call('ZSCORE', q.waiting_children, pid) then return end
     reason = 'child ' .. job_ref(ck) .. ' failed: ' .. reason
     redis.call('ZREM', q.waiting_children, pid)
     redis.call('HSET', pk, 'failed_reason', reason, 'error_type', 'ChildFailed',
-      'stacktrace', '', 'finished_on', now)
-    redis.call('ZADD', q.failed, now, pid)
+      'stacktrace', '', 'finished_on', now, 'ended', 'failed')
     fq_emit(q, 'event', 'failed', 'id', pid, 'reason', reason, 'error_type', 'ChildFailed',
       'stacktrace', '', 'attempts_made', jget(pk, 'attempts_made') or '0')
+    f = jmget(pk, 'parent', 'parent_policy') or {}  -- read before retention may drop it
+    local keep_count, keep_age = keep_failed_of(pk, DEFAULT_KEEP_FAILED_COUNT,
+      DEFAULT_KEEP_FAILED_AGE_MS)
+    finish_job(pid, q.failed, now, keep_count, keep_age, q)
     ck = pk
   end
 end
@@ -139,9 +149,11 @@ on_fail_job = flow_failed
 
 -- Delete the pending (not active) children of job key `jk`, and theirs, in
 -- whatever queue they are. Active ones run on; their parent is gone, so
--- their outcome is recorded nowhere else.
+-- their outcome is recorded nowhere else. Returns the job keys of jk's own
+-- children it deleted.
 local function delete_pending_children(jk)
   local stack = {jk}
+  local own = {}
   -- Children in a wait list are removed in one pass per list at the end: an
   -- LPOS + LREM per child would make a big tree quadratic in one script.
   local from_wait = {}  -- wait key -> {q = q, ids = {id = true}}
@@ -167,6 +179,7 @@ local function delete_pending_children(jk)
         end
         fq_emit(q, 'event', 'removed', 'id', cid, 'prev', (string.gsub(st, '_', '-')))
         stack[#stack + 1] = ck
+        if pk == jk then own[#own + 1] = ck end
       end
     end
     if pk ~= jk then
@@ -184,6 +197,7 @@ local function delete_pending_children(jk)
       redis.call('RPUSH', wkey, unpack(keep, i, math.min(i + 4999, #keep)))
     end
   end
+  return own
 end
 
 -- Deleting job `id` (remove, clean, drain, obliterate): its parent no longer
