@@ -69,9 +69,21 @@ class AsyncQueue:
         await self.close()
 
     async def add(self, name: str, data: Any = None, **options: Any) -> AsyncJob:
+        if options.get("parent") is not None:
+            return await self._add_to_parent(name, data, options)
         spec = self.core.spec(name, data, options)
         [added] = await self._driver.drive(self.core.op_add_jobs([spec]))
         return self._job_from_added(added)
+
+    async def _add_to_parent(self, name: str, data: Any, options: dict[str, Any]) -> AsyncJob:
+        parent = options.pop("parent")
+        node = {"name": name, "queue": self.core.name, "data": data, "opts": options}
+        flows = FlowCore(self.core.prefix, max_data_bytes=self.core.max_data_bytes)
+        job_id, created = await self._driver.drive(flows.op_add_to_parent(parent, node))
+        rec = await self._driver.drive(self.core.op_require_record(job_id))
+        job = AsyncJob(rec.id, rec.raw, self)
+        job.add_outcome = "created" if created else "duplicated"
+        return job
 
     async def add_bulk(self, jobs: Iterable[Any]) -> list[AsyncJob]:
         specs = self.core.specs_from_bulk(jobs)

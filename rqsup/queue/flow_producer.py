@@ -57,6 +57,10 @@ class FlowProducer:
         of another job: InvalidOption."""
         return self._driver.drive(self.core.op_add(tree))
 
+    def add_bulk(self, trees: list[Any]) -> list[FlowJob]:
+        """Add several flows atomically (one script call): all or none."""
+        return self._driver.drive(self.core.op_add_bulk(trees))
+
     def get_flow(self, queue: str, job_id: str, depth: int = 10,
                  max_children: int = 1000) -> dict[str, Any] | None:
         """The job and its children with their states (nested dicts), or None."""
@@ -91,6 +95,9 @@ class AsyncFlowProducer:
 
     async def add(self, tree: Any) -> FlowJob:
         return await self._driver.drive(self.core.op_add(tree))
+
+    async def add_bulk(self, trees: list[Any]) -> list[FlowJob]:
+        return await self._driver.drive(self.core.op_add_bulk(trees))
 
     async def get_flow(self, queue: str, job_id: str, depth: int = 10,
                        max_children: int = 1000) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from rqsup.errors import EncodeError, InvalidOption
+from rqsup.errors import EncodeError, InvalidOption, JobNotFound, raise_for_code
 from rqsup.keys import hash_tag, job_ref, validate_name, validate_prefix
 from rqsup.queue import codec
 from rqsup.queue import options as options_mod
@@ -102,7 +102,8 @@ class FlowCore:
         cache: dict[str, tuple[Any, ...]] = {}  # options shared by many jobs: built once
         # (node, parent index, default queue, path, ancestors' ids)
         stack: list[tuple[Any, int, str | None, str, tuple[int, ...]]] = [
-            (node, 0, default_queue, f"children[{i}]" if under_parent else "root", ())
+            (node, 0, default_queue, f"children[{i}]" if under_parent
+             else "root" if len(roots) == 1 else f"flows[{i}]", ())
             for i, node in reversed(list(enumerate(roots)))
         ]
         while stack:
@@ -230,6 +231,54 @@ class FlowCore:
             if s.parent:
                 nodes[s.parent - 1].children.append(node)
         return nodes[0]
+
+    def op_add_bulk(self, trees: Any) -> Op[list[FlowJob]]:
+        """Add several flows in one script call (all or none, as BullMQ's
+        addBulk); a custom id that exists refuses the whole call."""
+        if not isinstance(trees, list | tuple) or not trees:
+            raise InvalidOption(f"add_bulk needs a non-empty list of flows, got {trees!r:.60}")
+        specs = self.flatten(list(trees), None, False)
+        args = self.encode(specs)
+        reply = yield Script("add_flow", self.queue_core(specs[0].queue).key_list, args)
+        if int(reply[0]) == 1:
+            s = specs[int(reply[1]) - 1]
+            raise InvalidOption(f"flow job {s.path} ({s.name!r}): job id {s.job_id!r} already "
+                                f"exists in queue {s.queue!r}; nothing was added")
+        nodes = [FlowJob(s.queue, codec.text(i), s.name)
+                 for s, i in zip(specs, reply[1:], strict=True)]
+        roots = []
+        for s, node in zip(specs, nodes, strict=True):
+            if s.parent:
+                nodes[s.parent - 1].children.append(node)
+            else:
+                roots.append(node)
+        return roots
+
+    def op_add_to_parent(self, parent: Any, node: dict[str, Any]) -> Op[tuple[str, bool]]:
+        """Add one job (``node``, no children) as a child of the existing job
+        ``parent`` = ``{"id", "queue"}`` (queue: the child's when left out).
+        Returns (the child's id, created); created is False when its custom
+        id existed (nothing was written)."""
+        if not isinstance(parent, Mapping) or "id" not in parent or \
+                set(parent) - {"id", "queue"}:
+            raise InvalidOption(f"parent must be {{'id': ..., 'queue': ...}}, got {parent!r}")
+        pid, pq = str(parent["id"]), parent.get("queue", node["queue"])
+        validate_name("queue name", pq)
+        if self.cluster and pq != node["queue"] and hash_tag(self.prefix) is None:
+            raise InvalidOption(f"a parent in queue {pq!r} and a child in {node['queue']!r} "
+                                "cannot be joined on Redis Cluster without a hash tag in "
+                                "the prefix (prefix=\"{bull}\")")
+        specs = self.flatten([node], node["queue"], True)
+        reply = yield Script("add_to_parent", self.queue_core(pq).key_list,
+                             [pid, *self.encode(specs)])
+        code = int(reply[0])
+        if code == 1:
+            return specs[0].job_id, False
+        if code < 0:
+            if code == -1:
+                raise JobNotFound(pid)
+            raise_for_code(code, pid, "add a child to", codec.text(reply[1]))
+        return codec.text(reply[1]), True
 
     def op_get_flow(self, queue: str, job_id: str, depth: int = 10,
                     max_children: int = 1000) -> Op[dict[str, Any] | None]:

@@ -80,9 +80,22 @@ class Queue:
         timeout, remove_on_complete, remove_on_fail, keep_logs, dedup (see
         docs/decisions.md). A deduplicated add returns the kept job
         (``job.deduplicated``)."""
+        if options.get("parent") is not None:
+            return self._add_to_parent(name, data, options)
         spec = self.core.spec(name, data, options)
         [added] = self._driver.drive(self.core.op_add_jobs([spec]))
         return self._job_from_added(added)
+
+    def _add_to_parent(self, name: str, data: Any, options: dict[str, Any]) -> Job:
+        """``parent={"id", "queue"}``: the job becomes a child of that job."""
+        parent = options.pop("parent")
+        node = {"name": name, "queue": self.core.name, "data": data, "opts": options}
+        flows = FlowCore(self.core.prefix, max_data_bytes=self.core.max_data_bytes)
+        job_id, created = self._driver.drive(flows.op_add_to_parent(parent, node))
+        rec = self._driver.drive(self.core.op_require_record(job_id))
+        job = Job(rec.id, rec.raw, self)
+        job.add_outcome = "created" if created else "duplicated"
+        return job
 
     def add_bulk(self, jobs: Iterable[Any]) -> list[Job]:
         """Add many jobs in few round trips: ``[{"name", "data", "opts"}]`` or tuples."""
