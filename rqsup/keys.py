@@ -299,6 +299,19 @@ def supervisor_key(prefix: str, name: str) -> str:
     return f"{prefix}:supervisor:{name}"
 
 
+def roster_key(prefix: str) -> str:
+    """Every live heartbeat under ``prefix`` (ZSET: member = the heartbeat
+    key after ``<prefix>:``, score = when it expires, ms): how
+    ``get_workers`` finds supervisors and workers without SCAN or CLIENT LIST."""
+    return f"{prefix}:roster"
+
+
+def worker_key(prefix: str, worker_id: str) -> str:
+    """A standalone Worker's heartbeat (STRING, JSON, with a TTL); a worker
+    run by a supervisor is listed in the supervisor's heartbeat instead."""
+    return f"{prefix}:worker:{worker_id}"
+
+
 def supervisor_glob(prefix: str) -> str:
     """SCAN pattern of every supervisor's heartbeat key under ``prefix``."""
     escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)

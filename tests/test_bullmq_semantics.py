@@ -325,3 +325,66 @@ def test_retry_jobs_takes_count_and_a_timestamp(redis_url: str) -> None:
         q.retry_jobs(count=0)
     with pytest.raises(InvalidOption, match="retry state"):
         q.retry_jobs("wait")
+
+
+# -- getters ------------------------------------------------------------------------------
+
+
+def test_get_workers_lists_a_standalone_worker_and_what_it_runs(redis_url: str) -> None:
+    from rqsup.supervisor import ActiveJob, Worker
+
+    release = asyncio.Event()
+
+    async def proc(job: ActiveJob) -> None:
+        await release.wait()
+
+    async def main() -> None:
+        q = AsyncQueue("gw", redis_url)
+        assert await q.get_workers() == [] and await q.get_workers_count() == 0
+        w = Worker("gw", proc, url=redis_url, concurrency=2)
+        wt = asyncio.create_task(w.run())
+        job = await q.add("x")
+        [listed] = await await_until(
+            lambda: _workers_running(q, job.id), "get_workers showing the running job")
+        assert listed["name"] == w.worker_id and listed["kind"] == "worker"
+        assert listed["concurrency"] == 2 and listed["mode"] == "async"
+        assert listed["host"] and listed["pid"] and listed["started_at"]
+        assert await AsyncQueue("other", redis_url).get_workers() == []
+        release.set()
+        await w.close(5)
+        await wt
+        assert await q.get_workers() == []  # gone with the worker, not at its TTL
+        await q.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+async def _workers_running(q: AsyncQueue, job_id: str) -> list[dict[str, Any]]:
+    return [w for w in await q.get_workers() if job_id in w["jobs"]]
+
+
+def test_counts_per_priority_logs_rate_limit_ttl_and_schedulers_count(redis_url: str) -> None:
+    q = Queue("gp", redis_url)
+    for p in (0, 0, 1, 3, 3, 3):
+        q.add("x", priority=p)
+    q.add("x", priority=3, lifo=True)
+    assert q.get_counts_per_priority([0, 1, 2, 3]) == {0: 2, 1: 1, 2: 0, 3: 4}
+    with pytest.raises(InvalidOption, match="priority"):
+        q.get_counts_per_priority([-1])
+    [(jid, tok)] = claim(q, 1)
+    q._driver.execute(q.core.script("log", jid, tok, 10, 1, "one", "two", "three"))
+    assert q.get_job_logs(jid) == {"logs": ["one", "two", "three"], "count": 3}
+    assert q.get_job_logs(jid, 0, 1) == {"logs": ["one", "two"], "count": 3}
+    assert q.get_job_logs(jid, 0, 0, asc=False) == {"logs": ["three"], "count": 3}
+    assert q.get_job_logs("nope") == {"logs": [], "count": 0}
+    assert q.get_rate_limit_ttl() == 0
+    q.rate_limit(30)
+    assert 29 < q.get_rate_limit_ttl() <= 30
+    q.rate_limit(0)
+    q.set_rate_limit(1, 60)
+    [(_jid2, _tok)] = claim(q, 1)  # the one claim of the window
+    assert 59 < q.get_rate_limit_ttl() <= 60
+    assert q.get_schedulers_count() == 0
+    q.upsert_scheduler("every", every=60)
+    q.upsert_scheduler("cron", cron="0 * * * *")
+    assert q.get_schedulers_count() == 2

@@ -69,6 +69,12 @@ def test_jobs_flow_and_process_titles(tmp_path: Path, redis_url: str, start: Any
                       "a child titled busy with the slow job")
     assert re.fullmatch(rf"rqsup: child {qname}#[01] busy job {slow.id}", busy[0]), busy
     wait_until(lambda: "(1 running)" in title(sup.ps), "the supervisor title counting 1 running")
+    # get_workers: the supervisor, from its heartbeat, with the job it runs.
+    [worker] = wait_until(lambda: [w for w in q.get_workers() if slow.id in w["jobs"]],
+                          "get_workers listing the slow job")
+    assert worker["name"] == name and worker["kind"] == "supervisor"
+    assert worker["pid"] == sup.proc.pid and worker["mode"] == "process"
+    assert worker["concurrency"] == 2 and q.get_workers_count() == 1
     assert slow.wait(15)["n2"] == 0
     assert queue_states(q) == {"completed": 11}
 

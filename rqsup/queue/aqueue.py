@@ -157,6 +157,25 @@ class AsyncQueue:
         non-text values are stored as JSON. Returns its stream id."""
         return await self._driver.drive(self.core.op_publish_event(name, fields))
 
+    async def get_workers(self) -> list[dict[str, Any]]:
+        return await self._driver.drive(self.core.op_workers())
+
+    async def get_workers_count(self) -> int:
+        return len(await self.get_workers())
+
+    async def get_counts_per_priority(self, priorities: Iterable[int]) -> dict[int, int]:
+        return await self._driver.drive(self.core.op_counts_per_priority(priorities))
+
+    async def get_job_logs(self, job_id: str, start: int = 0, end: int = -1,
+                     asc: bool = True) -> dict[str, Any]:
+        return await self._driver.drive(self.core.op_job_logs(job_id, start, end, asc))
+
+    async def get_rate_limit_ttl(self) -> float:
+        return await self._driver.drive(self.core.op_rate_limit_ttl())
+
+    async def get_schedulers_count(self) -> int:
+        return await self._driver.drive(self.core.op_schedulers_count())
+
     async def counts(self) -> dict[str, int]:
         return await self._driver.drive(self.core.op_counts())
 

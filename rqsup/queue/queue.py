@@ -180,6 +180,32 @@ class Queue:
         non-text values are stored as JSON. Returns its stream id."""
         return self._driver.drive(self.core.op_publish_event(name, fields))
 
+    def get_workers(self) -> list[dict[str, Any]]:
+        """Supervisors and standalone Workers serving this queue, from their
+        heartbeats (never CLIENT LIST): name, kind, host, pid, version,
+        started_at, heartbeat_at, mode, concurrency, running and jobs (the
+        ids it runs)."""
+        return self._driver.drive(self.core.op_workers())
+
+    def get_workers_count(self) -> int:
+        return len(self.get_workers())
+
+    def get_counts_per_priority(self, priorities: Iterable[int]) -> dict[int, int]:
+        """Ready jobs per priority (0: the plain wait list)."""
+        return self._driver.drive(self.core.op_counts_per_priority(priorities))
+
+    def get_job_logs(self, job_id: str, start: int = 0, end: int = -1,
+                     asc: bool = True) -> dict[str, Any]:
+        """A job's log lines start..end and how many it has: ``{logs, count}``."""
+        return self._driver.drive(self.core.op_job_logs(job_id, start, end, asc))
+
+    def get_rate_limit_ttl(self) -> float:
+        """Seconds until the rate limit lets a claim through (0: not limited)."""
+        return self._driver.drive(self.core.op_rate_limit_ttl())
+
+    def get_schedulers_count(self) -> int:
+        return self._driver.drive(self.core.op_schedulers_count())
+
     def counts(self) -> dict[str, int]:
         return self._driver.drive(self.core.op_counts())
 

@@ -27,7 +27,8 @@ import redis.asyncio as aredis
 from rqsup.keys import supervisor_key
 from rqsup.queue import codec
 from rqsup.queue.drivers import AsyncDriver
-from rqsup.queue.scripts import Script
+from rqsup.queue.roster import beat_requests
+from rqsup.queue.scripts import Batch, Script
 
 log = logging.getLogger("rqsup.supervisor")
 
@@ -39,6 +40,7 @@ class NameInUse(RuntimeError):
 class Identity:
     def __init__(self, client: aredis.Redis, prefix: str, name: str, ttl_s: float) -> None:
         self.driver = AsyncDriver(client)
+        self.prefix = prefix
         self.name = name
         self.key = supervisor_key(prefix, name)
         self.ttl_ms = round(ttl_s * 1000)
@@ -51,7 +53,8 @@ class Identity:
 
     def value(self, status: dict[str, Any] | None = None) -> str:
         """The heartbeat: who we are, plus what the supervisor reports."""
-        return json.dumps({"name": self.name, "host": self.host, "pid": self.pid,
+        return json.dumps({"kind": "supervisor", "name": self.name, "host": self.host,
+                           "pid": self.pid,
                            "incarnation": self.incarnation, "started_at": self.started_at,
                            "at": time.time(), **(status or {})})
 
@@ -69,6 +72,8 @@ class Identity:
             ok, cur = await self._hold("take", self.incarnation, self.value(), expected,
                                        self.ttl_ms)
             if ok:
+                await self.driver.execute(Batch(beat_requests(self.prefix, self.key,
+                                                              self.ttl_ms)))
                 return
             expected = ""
             info = _parse(cur)
@@ -91,8 +96,14 @@ class Identity:
             await asyncio.sleep(0.25)
 
     async def heartbeat(self, status: dict[str, Any]) -> bool:
-        """Refresh the name with ``status``; False if another incarnation holds it."""
-        ok, cur = await self._hold("beat", self.incarnation, self.value(status), self.ttl_ms)
+        """Refresh the name with ``status`` (and its roster entry, in the same
+        round trip); False if another incarnation holds it."""
+        hold = Script("hold_name", (self.key,), ("beat", self.incarnation, self.value(status),
+                                                 self.ttl_ms))
+        replies = await self.driver.execute(
+            Batch([hold, *beat_requests(self.prefix, self.key, self.ttl_ms)]))
+        done, raw = replies[0]
+        ok, cur = int(done) == 1, codec.text(raw)
         if not ok:
             info = _parse(cur)
             log.error("supervisor %s: the name is now held by another incarnation (pid %s on "

@@ -1,4 +1,5 @@
-"""The worker's timers: lease renewal, the stall sweep, and the idle wait for work.
+"""The worker's timers: lease renewal, the stall sweep, the heartbeat, and the idle
+wait for work.
 
 Each is a loop of its own so that none waits behind another: a slow sweep
 never delays a renewal. No Redis error ends one: each keeps an
@@ -9,23 +10,33 @@ once, and retries with backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
+import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from rqsup import __version__
+from rqsup.keys import worker_key
 from rqsup.queue import codec
 from rqsup.queue.connection import REDIS_ERRORS, reraise_if_cancelling
 from rqsup.queue.faults import Episode
 from rqsup.queue.options import DEFAULT_KEEP_FAILED
-from rqsup.queue.scripts import Script
+from rqsup.queue.roster import beat_requests
+from rqsup.queue.scripts import Batch, Command, Script
 
 if TYPE_CHECKING:
     from rqsup.supervisor.worker import Worker
 
 log = logging.getLogger("rqsup.worker")
 
+#: A standalone worker's heartbeat is at least this frequent (it lists the
+#: jobs it runs: get_workers should not lag far behind).
+HEARTBEAT_MAX_INTERVAL_S = 2.0
 #: Jobs requeued per sweep call at most.
 SWEEP_LIMIT = 1000
 
@@ -117,6 +128,43 @@ async def sweep_stalled(w: Worker) -> None:
             episode.note(exc)
         # Jitter spreads the sweepers of many workers over the interval.
         await asyncio.sleep(w.stall_interval_s * random.uniform(0.5, 1.0))
+
+
+def running_ids(w: Worker, limit: int = 1000) -> list[str]:
+    """Ids of the jobs ``w`` runs now (for heartbeats: get_workers)."""
+    return [r.id for r in list(w.running.values()) if not r.finished][:limit]
+
+
+def heartbeat_value(w: Worker) -> str:
+    return orjson.dumps({
+        "kind": "worker", "name": w.worker_id, "host": socket.gethostname(),
+        "pid": os.getpid(), "version": __version__, "started_at": w.started_at,
+        "at": time.time(),
+        "queues": [{"name": w.queue_name, "mode": w.mode, "concurrency": w.concurrency,
+                    "running": w.busy_count(), "jobs": running_ids(w)}]}).decode()
+
+
+async def heartbeat(w: Worker) -> None:
+    """A standalone Worker's heartbeat, so that ``get_workers`` lists it (a
+    supervisor lists its workers in its own heartbeat)."""
+    key = worker_key(w.core.prefix, w.worker_id)
+    interval = min(w.renew_interval_s, HEARTBEAT_MAX_INTERVAL_S)
+    ttl_ms = round(max(3 * interval, 10) * 1000)
+    episode = Episode(f"queue {w.queue_name}: heartbeat", log)
+    try:
+        while True:
+            try:
+                await w.driver.execute(Batch([
+                    Command(("SET", key, heartbeat_value(w), "PX", ttl_ms)),
+                    *beat_requests(w.core.prefix, key, ttl_ms)]))
+                episode.ok()
+            except REDIS_ERRORS as exc:
+                reraise_if_cancelling()
+                episode.note(exc)
+            await asyncio.sleep(interval)
+    finally:
+        with contextlib.suppress(*REDIS_ERRORS, RuntimeError):
+            await asyncio.shield(w.driver.execute(Command(("DEL", key))))
 
 
 def handed_off(w: Worker, member: bytes) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rqsup import __version__
 from rqsup.queue.connection import REDIS_ERRORS
 from rqsup.queue.faults import Episode
+from rqsup.supervisor import maintenance
 from rqsup.supervisor.health import set_title
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class StatusReporter:
         for w in self.sup.workers.values():
             q: dict[str, Any] = {"name": w.queue_name, "mode": w.mode,
                                  "concurrency": w.concurrency, "running": w.busy_count(),
+                                 "jobs": maintenance.running_ids(w),
                                  "state": "failed" if w.queue_name in failed else "ok"}
             if w.queue_name in failed:
                 q["reason"] = failed[w.queue_name]

@@ -175,6 +175,7 @@ class Worker:
         #: re-claim (one block timeout), so a live idle worker stays listed.
         self.idle_ms = round((block_timeout_s + 1.0) * 1000)
         self.driver = AsyncDriver(self.client)
+        self.started_at = time.time()
         self.running: dict[str, Running] = {}  # by token
         self.claiming = True
         self.renewals = 0
@@ -249,6 +250,8 @@ class Worker:
         if self.own_renewer:
             timers.append(tree.start(f"lease renewer {q}",
                                      lambda: maintenance.renew_leases(self), queue=q))
+            timers.append(tree.start(f"heartbeat {q}",
+                                     lambda: maintenance.heartbeat(self), queue=q))
         try:
             await self._stop.wait()
             await self._drain(self._unit)
