@@ -108,6 +108,22 @@ class UnrecoverableError(RqsupError):
     """Raised by a processor to fail the job at once, skipping remaining attempts."""
 
 
+class JobCancelled(UnrecoverableError):
+    """The job was cancelled (``queue.cancel``, ``worker.cancel_job``): rqsup
+    fails it with this and the reason, without a retry. A processor may raise
+    it too, to end a job it saw cancelled (``job.cancelled``)."""
+
+
+class DelayedError(RqsupError):
+    """Raised by a processor after ``job.move_to_delayed(when)``: the job runs
+    again then, without spending an attempt (BullMQ's DelayedError)."""
+
+
+class WaitingError(RqsupError):
+    """Raised by a processor after ``job.move_to_wait()``: the job goes back
+    to wait without spending an attempt (BullMQ's WaitingError)."""
+
+
 #: A manual limit longer than this is surely a mistake (and NaN never compares).
 MAX_RATE_LIMIT_DELAY_S = 86_400.0
 
@@ -183,6 +199,10 @@ def error_info(exc: BaseException) -> dict[str, Any]:
         return error_data(exc, control="rate_limited", delay_s=exc.delay_s)
     if isinstance(exc, WaitingChildren):
         return error_data(exc, control="waiting_children")
-    if isinstance(exc, UnrecoverableError):
+    if isinstance(exc, UnrecoverableError):  # JobCancelled too
         return error_data(exc, control="unrecoverable")
+    if isinstance(exc, DelayedError):
+        return error_data(exc, control="delayed")
+    if isinstance(exc, WaitingError):
+        return error_data(exc, control="waiting")
     return error_data(exc)

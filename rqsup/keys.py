@@ -262,6 +262,11 @@ class QueueKeys:
         return self.key("events")
 
     @property
+    def cancel_channel(self) -> str:
+        """Pub/sub channel (not a key) on which cancel.lua tells workers."""
+        return self.key("cancel")
+
+    @property
     def fence(self) -> str:
         return self.key("fence")
 

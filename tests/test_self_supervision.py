@@ -222,13 +222,13 @@ def test_a_lost_renewal_names_the_token_not_the_job(redis_url: str) -> None:
         rec = JobRecord("7", {"name": "j", "data": "1"})
         new = Running(rec, "T2", JobOptions())
         w.running["T2"] = new
-        maintenance.apply_renew_reply(w, [b"T1"])  # the old attempt's token
+        maintenance.apply_renew_reply(w, [[b"T1"], []])  # the old attempt's token
         assert not new.lost and "T2" in w.running
         new.finished = True  # its completion is queued
-        maintenance.apply_renew_reply(w, [b"T2"])
+        maintenance.apply_renew_reply(w, [[b"T2"], []])
         assert not new.lost
         new.finished = False
-        maintenance.apply_renew_reply(w, [b"T2"])
+        maintenance.apply_renew_reply(w, [[b"T2"], []])
         assert new.lost and "T2" not in w.running
         await w.close()
 

@@ -381,7 +381,7 @@ class JobStateMachine(RuleBasedStateMachine):
         if data.draw(st.booleans(), label="add a stale pair"):
             pairs.append(self.stale_target(data))
         args = [x for pair in pairs for x in pair]
-        lost = [codec.text(i) for i in self.run("renew", LEASE_MS, *args)]
+        lost = [codec.text(i) for i in self.run("renew", LEASE_MS, *args)[0]]
         expected = [t for i, t in pairs if self.check_lease(i, t) != 1]  # tokens, not ids
         assert lost == expected
 

@@ -127,6 +127,8 @@ class SandboxConfig:
     rlimit_core_bytes: int | None = 0
     rlimit_as_bytes: int | None = None
     kill_grace_s: float = 2.0
+    #: How long a cancelled job's processor may go on before its child is killed.
+    cancel_grace_s: float = 5.0
     #: Added to each child's scrubbed environment.
     env: tuple[tuple[str, str], ...] = ()
     #: Caps on what a child sends: its captured stdout and stderr per job, one
@@ -255,7 +257,8 @@ _RATE_LIMIT_KEYS = ("max", "duration")
 _SANDBOX_KEYS = (
     "isolation", "memory_soft", "memory_hard", "max_jobs_per_child", "idle_timeout",
     "boot_timeout", "nice", "user", "group", "rlimit_nofile", "rlimit_core", "rlimit_as",
-    "kill_grace", "env", "max_output", "max_output_line", "max_result", "max_log_line",
+    "kill_grace", "cancel_grace", "env", "max_output", "max_output_line", "max_result",
+    "max_log_line",
 )
 #: Bounds: a value past them is surely a typo (a "1ms" status interval would
 #: spin; a "30d" lease would hide a dead worker for a month).
@@ -378,6 +381,7 @@ def _sandbox(t: Table) -> SandboxConfig:
         rlimit_core_bytes=t.get("rlimit_core", size(), 0),
         rlimit_as_bytes=t.get("rlimit_as", size(minimum=1), None),
         kill_grace_s=t.get("kill_grace", duration(max_s=HOUR), 2.0),
+        cancel_grace_s=t.get("cancel_grace", duration(max_s=DAY), 5.0),
         env=t.get("env", env_table, (), show=None),
         max_output_bytes=t.get("max_output", size(minimum=0), 1 << 20),
         max_output_line_bytes=t.get("max_output_line", size(minimum=80), 16 << 10),

@@ -176,6 +176,9 @@ class AsyncQueue:
     async def get_schedulers_count(self) -> int:
         return await self._driver.drive(self.core.op_schedulers_count())
 
+    async def cancel(self, job_id: str, reason: str | None = None) -> str:
+        return await self._driver.drive(self.core.op_cancel(job_id, reason))
+
     async def counts(self) -> dict[str, int]:
         return await self._driver.drive(self.core.op_counts())
 

@@ -190,6 +190,21 @@ class AdminOps:
                                   int(reset_attempts_started), "")
         self._job_reply(job_id, f"retry (as {state})", reply)
 
+    def op_cancel(self, job_id: str, reason: str | None) -> Op[str]:
+        """Cancel a job (cancel.lua): "signalled" when it runs (its worker
+        stops it and fails it), "failed" when it was not running (failed at
+        once); JobNotFound, or JobStateError for a finished job."""
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidOption(f"a cancel reason is a str, got {reason!r}")
+        text = (reason or "cancelled")[:4000]
+        keep = options_mod.DEFAULT_KEEP_FAILED
+        reply = yield self.script("cancel", job_id, text, keep["count"], keep["age_ms"],
+                                  self.keys.cancel_channel)
+        code = int(reply[0])
+        if code < 0:
+            raise_for_code(code, job_id, "cancel", codec.text(reply[1]))
+        return "signalled" if code == 1 else "failed"
+
     def op_remove(self, job_id: str) -> Op[None]:
         reply = yield self.script("remove", job_id)
         self._job_reply(job_id, "remove", reply)

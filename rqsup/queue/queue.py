@@ -206,6 +206,12 @@ class Queue:
     def get_schedulers_count(self) -> int:
         return self._driver.drive(self.core.op_schedulers_count())
 
+    def cancel(self, job_id: str, reason: str | None = None) -> str:
+        """Cancel a job from anywhere: a running one is stopped by its worker
+        and fails with JobCancelled and ``reason`` ("signalled"); one not
+        running fails at once ("failed"). Not retried either way."""
+        return self._driver.drive(self.core.op_cancel(job_id, reason))
+
     def counts(self) -> dict[str, int]:
         return self._driver.drive(self.core.op_counts())
 

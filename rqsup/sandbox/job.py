@@ -9,7 +9,9 @@ standard library only (and orjson, through the protocol module).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -18,6 +20,9 @@ from rqsup.sandbox.protocol import dumps
 #: Log lines longer than this are cut (``max_log_line`` in a queue's sandbox
 #: settings changes it for children).
 DEFAULT_MAX_LOG_LINE = 16 << 10
+#: Guards the lazy creation of a job's ``cancelled`` event against a cancel
+#: arriving from another thread at the same moment (uncontended: cheap).
+_CANCEL_LOCK = threading.Lock()
 
 
 class Port(Protocol):
@@ -39,8 +44,9 @@ class ActiveJob:
     read-only mapping; durations in milliseconds, as stored).
     """
 
-    __slots__ = ("_children", "_ignored", "_max_log_line", "_port", "_progress", "attempts",
-                 "attempts_made", "data", "id", "name", "options", "timestamp_ms")
+    __slots__ = ("_cancelled", "_children", "_ignored", "_max_log_line", "_port", "_progress",
+                 "attempts", "attempts_made", "cancel_reason", "data", "id", "moved_to", "name",
+                 "options", "timestamp_ms")
 
     def __init__(self, job_id: str, name: str, data: Any, *, port: Port, attempts_made: int = 0,
                  attempts: int = 1, timestamp_ms: int = 0,
@@ -60,6 +66,12 @@ class ActiveJob:
         self._children = dict(children_values or {})
         self._ignored = dict(ignored_failures or {})
         self._max_log_line = max_log_line
+        self._cancelled: threading.Event | None = None
+        #: Why the job was cancelled (queue.cancel, worker.cancel_job), or None.
+        self.cancel_reason: str | None = None
+        #: What the processor asked before raising DelayedError / WaitingError:
+        #: the due time in epoch ms (0: wait now), or None.
+        self.moved_to: int | None = None
 
     def __repr__(self) -> str:
         return f"ActiveJob(id={self.id!r}, name={self.name!r})"
@@ -87,6 +99,66 @@ class ActiveJob:
         if len(text) > self._max_log_line:
             text = text[:self._max_log_line] + f"... [cut: {len(text)} characters]"
         self._port.log(text)
+
+    # -- cancellation -----------------------------------------------------------
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the job is cancelled (thread and process modes; an async
+        processor gets CancelledError at its next await instead). Wait on it,
+        or check ``is_set()`` between steps; then return, or raise
+        JobCancelled. A process-mode processor that goes on past the queue's
+        ``cancel_grace`` is killed."""
+        with _CANCEL_LOCK:
+            if self._cancelled is None:
+                self._cancelled = threading.Event()
+                if self.cancel_reason is not None:
+                    self._cancelled.set()
+            return self._cancelled
+
+    def request_cancel(self, reason: str) -> None:
+        """The worker (or the child's control thread) tells the job; any thread."""
+        with _CANCEL_LOCK:
+            self.cancel_reason = reason
+            event = self._cancelled
+        if event is not None:
+            event.set()
+
+    # -- running again later ---------------------------------------------------
+
+    def move_to_delayed(self, when: float | datetime) -> None:
+        """Run this job again at ``when`` (epoch seconds or a datetime) without
+        spending an attempt: call it, then ``raise DelayedError()``."""
+        if isinstance(when, datetime):
+            ms = int(when.timestamp() * 1000)
+        elif isinstance(when, int | float) and not isinstance(when, bool) and when >= 0:
+            ms = int(when * 1000)
+        else:
+            raise ValueError(f"move_to_delayed needs epoch seconds or a datetime, got {when!r}")
+        self.moved_to = max(ms, 1)
+
+    def move_to_wait(self) -> None:
+        """Put this job back in wait without spending an attempt: call it,
+        then ``raise WaitingError()``."""
+        self.moved_to = 0
+
+    def error_info(self, exc: BaseException) -> dict[str, Any]:
+        """``exc`` raised by the processor, as the worker reads it (errors.error_info),
+        with what move_to_delayed / move_to_wait asked, or a clear failure
+        when DelayedError or WaitingError comes without it."""
+        from rqsup.errors import error_info
+
+        info = error_info(exc)
+        control = info.get("control")
+        if control == "delayed" or control == "waiting":
+            if self.moved_to is None or (control == "delayed") != (self.moved_to > 0):
+                call = "move_to_delayed(when)" if control == "delayed" else "move_to_wait()"
+                info["control"] = None
+                info["message"] = (f"{info['type']} raised without job.{call} first: the job "
+                                   "does not know where to go, so the attempt fails")
+            elif control == "delayed":
+                info["until_ms"] = self.moved_to
+        return info
 
     # -- flows ------------------------------------------------------------------
 

@@ -60,12 +60,14 @@ DEFAULT_MAX_FRAME = 64 << 20
 
 
 class Kind(enum.IntEnum):
-    """Message types. Supervisor to child: JOB, STOP. Child to supervisor:
+    """Message types. Supervisor to child: JOB, STOP (its job pipe), CANCEL
+    (its control pipe: read by a thread while a job runs). Child to supervisor:
     READY, BOOT_ERROR, PROGRESS, LOG, CHILDREN, RESULT, ERROR."""
 
     JOB = 1          # JSON [id, name, attempts_made, attempts, timestamp_ms, data, opts,
                      #       flow, progress]
     STOP = 2         # empty
+    CANCEL = 3       # JSON [job id, reason]: cancel that job if it runs (control pipe)
     READY = 10       # JSON {"pid": int}
     BOOT_ERROR = 11  # JSON error (error_data)
     PROGRESS = 12    # JSON value
@@ -76,8 +78,8 @@ class Kind(enum.IntEnum):
 
 
 #: Kinds whose body must be valid JSON.
-JSON_KINDS = frozenset({Kind.JOB, Kind.READY, Kind.BOOT_ERROR, Kind.PROGRESS, Kind.CHILDREN,
-                        Kind.RESULT, Kind.ERROR})
+JSON_KINDS = frozenset({Kind.JOB, Kind.CANCEL, Kind.READY, Kind.BOOT_ERROR, Kind.PROGRESS,
+                        Kind.CHILDREN, Kind.RESULT, Kind.ERROR})
 _KINDS = {k.value: k for k in Kind}
 
 
@@ -193,7 +195,7 @@ def decode(kind: Kind, body: bytes) -> Any:
 # -- errors as data ------------------------------------------------------------------
 
 #: ``control`` of an error: what the worker does instead of failing the job.
-CONTROLS = ("unrecoverable", "rate_limited", "waiting_children")
+CONTROLS = ("unrecoverable", "rate_limited", "waiting_children", "delayed", "waiting")
 
 
 def error_data(exc: BaseException, *, control: str | None = None,
@@ -232,7 +234,10 @@ def check_error(value: Any) -> dict[str, Any]:
     if control == "rate_limited" and (isinstance(delay, bool)
                                       or not isinstance(delay, int | float)):
         raise ProtocolError("a rate_limited error without a delay")
+    until = value.get("until_ms")
+    if control == "delayed" and (isinstance(until, bool) or not isinstance(until, int)):
+        raise ProtocolError("a delayed error without an until_ms")
     stack = value.get("stacktrace")
     return {"type": etype[:200], "message": message[:8000],
             "stacktrace": stack[-8000:] if isinstance(stack, str) else "",
-            "control": control, "delay_s": delay}
+            "control": control, "delay_s": delay, "until_ms": until}

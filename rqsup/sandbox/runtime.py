@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from rqsup.errors import error_info
 from rqsup.sandbox import hygiene
 from rqsup.sandbox.job import DEFAULT_MAX_LOG_LINE, ActiveJob
 from rqsup.sandbox.protocol import (
@@ -120,6 +119,38 @@ def _watch_supervisor(alive: Connection) -> None:
     os.killpg(0, signal.SIGKILL)
 
 
+#: The job this child runs now (one at a time), for the control thread.
+_current: list[ActiveJob | None] = [None]
+
+
+def _watch_cancels(fd: int) -> None:
+    """The control pipe's reader: a CANCEL frame for the job running now
+    sets its ``cancelled`` event (one for a job already done is ignored).
+    Runs in a thread for the child's life; costs nothing per job."""
+    reader = FrameReader(1 << 16)
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 12)
+        except OSError:
+            return
+        if not chunk:
+            return
+        try:
+            frames = reader.feed(chunk)
+        except ProtocolError:
+            return  # nothing more can be read right; jobs still run
+        for kind, body in frames:
+            if kind is not Kind.CANCEL:
+                continue
+            try:
+                job_id, reason = decode(kind, body)
+            except (ProtocolError, ValueError, TypeError):
+                continue
+            job = _current[0]
+            if job is not None and job.id == job_id:
+                job.request_cancel(str(reason))
+
+
 def _load(processor: str | bytes) -> Any:
     if isinstance(processor, bytes):
         import cloudpickle
@@ -151,10 +182,13 @@ def _run(spec: ChildSpec, fn: Any, w: _Writer, fields: Any) -> tuple[Kind, bytes
                     timestamp_ms=int(timestamp_ms), options=options, progress=progress,
                     children_values=flow.get("values"), ignored_failures=flow.get("ignored"),
                     max_log_line=spec.max_log_line)
+    _current[0] = job
     try:
         result = fn(job)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: report them
-        return Kind.ERROR, dumps(error_info(exc))
+        return Kind.ERROR, dumps(job.error_info(exc))
+    finally:
+        _current[0] = None
     try:
         encoded = dumps(result)
     except TypeError as exc:
@@ -170,7 +204,8 @@ def _run(spec: ChildSpec, fn: Any, w: _Writer, fields: Any) -> tuple[Kind, bytes
     return Kind.RESULT, encoded
 
 
-def child_main(spec: ChildSpec, conn: Connection, out: Connection, alive: Connection) -> None:
+def child_main(spec: ChildSpec, conn: Connection, out: Connection, alive: Connection,
+               control: Connection | None = None) -> None:
     """Entry point in the child (multiprocessing forkserver target)."""
     label = f"rqsup: child {spec.queue}#{spec.slot}"
     w = _Writer(conn.fileno())
@@ -186,6 +221,9 @@ def child_main(spec: ChildSpec, conn: Connection, out: Connection, alive: Connec
         with contextlib.suppress(Exception):
             w.send(Kind.BOOT_ERROR, dumps(error_data(exc)))
         os._exit(EXIT_BOOT_FAILED)
+    if control is not None:
+        threading.Thread(target=_watch_cancels, args=(control.fileno(),), daemon=True,
+                         name="rqsup-cancels").start()
     w.send(Kind.READY, dumps({"pid": os.getpid()}))
     _title(f"{label} idle")
     reader = FrameReader()

@@ -71,6 +71,10 @@ class Running:
     retry_delay_ms: int = -1
     #: Why the worker stopped the job (lease lost, timed out, shutdown ...).
     stop_reason: str | None = None
+    #: Set when the job was cancelled (rqsup.supervisor.cancels).
+    cancel_reason: str | None = None
+    #: The job handed to an in-process processor (thread mode: told of a cancel).
+    job: ActiveJob | None = None
 
     @property
     def id(self) -> str:

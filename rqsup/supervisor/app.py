@@ -63,6 +63,7 @@ def sandbox_settings(sb: SandboxConfig) -> SandboxSettings:
         memory_hard_bytes=sb.memory_hard_bytes, max_jobs_per_child=sb.max_jobs_per_child,
         idle_timeout_s=sb.idle_timeout_s, boot_timeout_s=sb.boot_timeout_s, nice=sb.nice,
         user=sb.user, group=sb.group, rlimits=tuple(rlimits), kill_grace_s=sb.kill_grace_s,
+        cancel_grace_s=sb.cancel_grace_s,
         env=sb.env, limits=ChildLimits(
             max_result_bytes=sb.max_result_bytes, max_output_bytes=sb.max_output_bytes,
             max_output_line=sb.max_output_line_bytes, max_log_line=sb.max_log_line_bytes),

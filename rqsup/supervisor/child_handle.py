@@ -29,7 +29,15 @@ from typing import Any
 import psutil
 
 from rqsup.sandbox.launch import ChildProcess
-from rqsup.sandbox.protocol import FrameReader, Kind, ProtocolError, check_error, decode, frame
+from rqsup.sandbox.protocol import (
+    FrameReader,
+    Kind,
+    ProtocolError,
+    check_error,
+    decode,
+    dumps,
+    frame,
+)
 from rqsup.sandbox.runtime import EXIT_BOOT_FAILED, EXIT_PROTOCOL, ChildSpec, child_main
 from rqsup.supervisor.child_output import ChildLimits, ChildOutput
 
@@ -102,6 +110,7 @@ class ChildHandle:
         self.proc: Any = None
         self.conn: Connection | None = None
         self.out: Connection | None = None
+        self.control: Connection | None = None
         self.pid = 0
         self.job_id: str | None = None
         self.jobs_done = 0
@@ -144,12 +153,16 @@ class ChildHandle:
         loop = asyncio.get_running_loop()
         parent, child_end = ctx.Pipe(duplex=True)
         out_r, out_w = ctx.Pipe(duplex=False)
-        proc = ChildProcess(target=child_main, args=(spec, child_end, out_w, alive_r),
+        ctl_r, ctl_w = ctx.Pipe(duplex=False)  # CANCEL frames, read by a thread there
+        proc = ChildProcess(target=child_main, args=(spec, child_end, out_w, alive_r, ctl_r),
                             name=f"rqsup-child-{spec.queue}-{spec.slot}", daemon=False)
         # Starting talks to the forkserver (a few ms): keep it off the loop.
         await loop.run_in_executor(None, self._start, proc)
         child_end.close()
         out_w.close()
+        ctl_r.close()
+        os.set_blocking(ctl_w.fileno(), False)
+        self.control = ctl_w
         assert proc.pid is not None
         self.proc, self.conn, self.out, self.pid = proc, parent, out_r, proc.pid
         with contextlib.suppress(OSError, AttributeError):
@@ -236,6 +249,19 @@ class ChildHandle:
                     self._violation("it does not read its pipe")
                     raise ChildCrashed("child does not read its pipe") from None
                 time.sleep(0.001)
+
+    def cancel(self, job_id: str, reason: str) -> bool:
+        """Tell the processor its job is cancelled (a CANCEL frame on the
+        control pipe; its job.cancelled is set). False if the child does not
+        run that job, or its control pipe is full (it reads nothing there:
+        the grace and the kill still apply)."""
+        if self.state is not ChildState.BUSY or self.job_id != job_id or self.control is None:
+            return False
+        try:
+            os.write(self.control.fileno(), frame(Kind.CANCEL, dumps([job_id, reason])))
+        except (BlockingIOError, BrokenPipeError, OSError):
+            return False
+        return True
 
     def memory_kill(self, reason: str) -> None:
         """Hard memory limit: kill now; the running job fails with ``reason``."""
@@ -477,6 +503,9 @@ class ChildHandle:
                     loop.remove_reader(c.fileno())
                 with contextlib.suppress(Exception):
                     c.close()
+        if self.control is not None:
+            with contextlib.suppress(Exception):
+                self.control.close()
         self._to(ChildState.EXITED, f"stopped ({describe_exit(code)})")
 
 

@@ -23,7 +23,7 @@ from rqsup.queue import codec
 from rqsup.queue.options import JobOptions
 from rqsup.queue.record import JobRecord, fields_of
 from rqsup.sandbox.protocol import job_frame
-from rqsup.supervisor import flowjobs
+from rqsup.supervisor import cancels, flowjobs
 from rqsup.supervisor.active import ActiveJob, InProcessPort, Running
 from rqsup.supervisor.child_handle import ChildJobError
 from rqsup.supervisor.joblog import job_line
@@ -142,7 +142,7 @@ async def execute(w: Worker, r: Running) -> None:
                     why=lambda: "timed out" if cm.expired() else (r.stop_reason or "cancelled"),
                 ))
             else:
-                job = active_job(w, r, sink, flow)
+                job = r.job = active_job(w, r, sink, flow)
                 begin()
                 if w._threads is not None:
                     fut = w._threads.submit(w.processor, job)  # type: ignore[arg-type]
@@ -152,6 +152,9 @@ async def execute(w: Worker, r: Running) -> None:
     except asyncio.CancelledError:
         if r.lost:
             return  # lease lost or shutdown: the outcome is not ours to write
+        if r.cancel_reason is not None:  # cancelled: the processor did not return
+            fail(w, r, cancels.cancelled_info(r))
+            return
         raise
     except TimeoutError as exc:
         # The processor's own TimeoutError is an ordinary failure.
@@ -171,7 +174,7 @@ async def execute(w: Worker, r: Running) -> None:
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        fail(w, r, error_info(exc))
+        fail(w, r, r.job.error_info(exc) if r.job is not None else error_info(exc))
     else:
         complete(w, r, result)
 
@@ -220,6 +223,11 @@ def fail(w: Worker, r: Running, info: dict[str, Any]) -> None:
         r.finished = True
         delay_ms = round(min(max(float(info.get("delay_s") or 0), 0.0), 86_400.0) * 1000)
         w.pump.end(r.id, r.token, w.core.script("rate_limited", r.id, r.token, delay_ms))
+        return
+    if control == "delayed" or control == "waiting":  # DelayedError / WaitingError
+        r.finished = True
+        due = int(info.get("until_ms") or 0) if control == "delayed" else 0
+        w.pump.end(r.id, r.token, w.core.script("move_back", r.id, r.token, due))
         return
     message = str(info.get("message") or info.get("type") or "error")
     etype = str(info.get("type") or "Error")

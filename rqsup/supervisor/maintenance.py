@@ -28,6 +28,7 @@ from rqsup.queue.faults import Episode
 from rqsup.queue.options import DEFAULT_KEEP_FAILED
 from rqsup.queue.roster import beat_requests
 from rqsup.queue.scripts import Batch, Command, Script
+from rqsup.supervisor import cancels
 
 if TYPE_CHECKING:
     from rqsup.supervisor.worker import Worker
@@ -50,10 +51,14 @@ def renew_request(w: Worker) -> Script | None:
     return w.core.script("renew", w.lease_ms, *pairs) if pairs else None
 
 
-def apply_renew_reply(w: Worker, lost: list[Any]) -> None:
-    """``lost``: tokens whose lease is gone. A job whose outcome is already on
-    its way is not "lost": its end was simply faster than the renewal."""
+def apply_renew_reply(w: Worker, reply: list[Any]) -> None:
+    """``reply``: [tokens whose lease is gone, cancelled token/reason pairs].
+    A job whose outcome is already on its way is not "lost": its end was
+    simply faster than the renewal."""
     w.renewals += 1
+    lost, cancelled = reply
+    if cancelled:
+        cancels.on_renew_reply(w, cancelled)
     for token in lost:
         r = w.running.get(codec.text(token))
         if r is not None and not r.finished:
@@ -73,12 +78,12 @@ async def renew_all(workers: list[Worker], episode: Episode) -> bool:
         episode.note(exc)
         return False
     ok = True
-    for (w, _req), lost in zip(reqs, replies, strict=True):
-        if isinstance(lost, BaseException):
-            episode.note(lost)
+    for (w, _req), reply in zip(reqs, replies, strict=True):
+        if isinstance(reply, BaseException):
+            episode.note(reply)
             ok = False
         else:
-            apply_renew_reply(w, lost)
+            apply_renew_reply(w, reply)
     if ok:
         episode.ok()
     return ok

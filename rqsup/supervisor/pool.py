@@ -67,6 +67,9 @@ class SandboxSettings:
     group: str | int | None = None
     rlimits: tuple[tuple[str, int], ...] = ()
     kill_grace_s: float = 2.0
+    #: A cancelled job's processor has this long to return before its child
+    #: is killed (it sees job.cancelled at once).
+    cancel_grace_s: float = 5.0
     #: Added to a child's scrubbed environment.
     env: tuple[tuple[str, str], ...] = ()
     limits: ChildLimits = field(default_factory=ChildLimits)
@@ -262,6 +265,10 @@ class ChildPool:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(entry)
             raise
+
+    def cancel(self, job_id: str, reason: str) -> bool:
+        """Tell the child running ``job_id`` that it is cancelled."""
+        return any(c is not None and c.cancel(job_id, reason) for c in self.children)
 
     async def run(
         self, job_id: str, job_frame: bytes, sink: Callable[[str, str], None],

@@ -40,6 +40,7 @@ _FAIL_OUTCOMES = {1: "retry", 2: "retry", 3: "failed", 0: "already recorded"}
 #: What an end of an attempt other than complete/fail did, by script and code.
 _END_OUTCOMES = {
     "rate_limited": {0: "rate limited: back in wait"},
+    "move_back": {0: "moved back (delayed or wait) by its processor"},
     "move_to_waiting_children": {1: "waiting for its children", 0: "already recorded",
                                  2: "its children are done: back in wait",
                                  3: "failed (a child failed, or it has no children)"},

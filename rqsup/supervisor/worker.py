@@ -37,7 +37,7 @@ from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import AsyncDriver
 from rqsup.queue.faults import Episode
 from rqsup.queue.options import build as build_options
-from rqsup.supervisor import jobrun, maintenance
+from rqsup.supervisor import cancels, jobrun, maintenance
 from rqsup.supervisor.active import ActiveJob, Running
 from rqsup.supervisor.joblog import job_line, seconds
 from rqsup.supervisor.pool import ChildPool, SandboxSettings
@@ -247,6 +247,7 @@ class Worker:
         self._unit = tree.start(f"worker {q}", self._serve, queue=q, give_back=self._crashed)
         timers = [tree.start(f"stall sweeper {q}", lambda: maintenance.sweep_stalled(self),
                              queue=q)]
+        timers.append(tree.start(f"cancel listener {q}", lambda: cancels.listen(self), queue=q))
         if self.own_renewer:
             timers.append(tree.start(f"lease renewer {q}",
                                      lambda: maintenance.renew_leases(self), queue=q))
@@ -438,6 +439,17 @@ class Worker:
         elif outcome and outcome not in ("completed", "failed", "retry"):
             job_line(logging.INFO, self.queue_name, job_id, attempt, attempts, "%s", outcome)
         self.pump.wake.set()
+
+    def cancel_job(self, job_id: str, reason: str | None = None) -> bool:
+        """Cancel a job this worker runs (BullMQ's worker.cancelJob); False if
+        it runs no such job. In Redis too, use ``queue.cancel`` (any process)."""
+        found = [r for r in self.running.values() if r.id == job_id]
+        return any([cancels.cancel_running(self, r, reason or "cancelled") for r in found])
+
+    def cancel_all(self, reason: str | None = None) -> int:
+        """Cancel every job this worker runs; how many."""
+        return sum(cancels.cancel_running(self, r, reason or "cancelled")
+                   for r in list(self.running.values()))
 
     def on_lease_lost(self, r: Running, when: str) -> None:
         """Another holder owns the job now (or it ended): stop running it."""
