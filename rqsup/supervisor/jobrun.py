@@ -148,7 +148,7 @@ async def execute(w: Worker, r: Running) -> None:
                     fut = w._threads.submit(w.processor, job)  # type: ignore[arg-type]
                     result = await asyncio.shield(fut)
                 else:
-                    result = await w.processor(job)  # type: ignore[operator]
+                    result = await w.processor(job)  # type: ignore[operator, misc]
     except asyncio.CancelledError:
         if r.lost:
             return  # lease lost or shutdown: the outcome is not ours to write

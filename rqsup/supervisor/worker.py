@@ -37,9 +37,10 @@ from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import AsyncDriver
 from rqsup.queue.faults import Episode
 from rqsup.queue.options import build as build_options
-from rqsup.supervisor import cancels, jobrun, maintenance
+from rqsup.supervisor import cancels, jobrun, maintenance, manual
 from rqsup.supervisor.active import ActiveJob, Running
 from rqsup.supervisor.joblog import job_line, seconds
+from rqsup.supervisor.manual import ManualJob
 from rqsup.supervisor.pool import ChildPool, SandboxSettings
 from rqsup.supervisor.processors import load_processor
 from rqsup.supervisor.pump import Pump
@@ -90,7 +91,7 @@ class Worker:
     def __init__(
         self,
         queue: str,
-        processor: Callable[[ActiveJob], Any] | str,
+        processor: Callable[[ActiveJob], Any] | str | None,
         *,
         url: str | None = None,
         connection: aredis.Redis | None = None,
@@ -112,12 +113,17 @@ class Worker:
         parts = self._parts
         if mode not in MODES:
             raise InvalidOption(f"mode must be one of {MODES}, got {mode!r}")
+        #: No processor: manual processing (get_next_job; rqsup.supervisor.manual).
+        self.manual = processor is None
+        if self.manual and mode != "async":
+            raise InvalidOption("a worker without a processor (manual processing) has mode "
+                                f"'async', got {mode!r}")
         if isinstance(processor, str) and mode != "process":
             processor = load_processor(processor)
         is_coro = inspect.iscoroutinefunction(processor) or inspect.iscoroutinefunction(
             getattr(processor, "__call__", None)  # noqa: B004
         )
-        if mode == "async" and not is_coro:
+        if mode == "async" and not is_coro and not self.manual:
             raise InvalidOption(f"mode 'async' needs a coroutine function, got {processor!r}")
         if mode == "thread" and (is_coro or not callable(processor)):
             raise InvalidOption(f"mode 'thread' needs a plain function, got {processor!r}")
@@ -182,7 +188,7 @@ class Worker:
         self.processed = 0
         self._threads = ThreadRunner(queue) if mode == "thread" else None
         self.pool = (
-            ChildPool(queue, processor, concurrency, sandbox,
+            ChildPool(queue, processor, concurrency, sandbox,  # type: ignore[arg-type]
                       ctx=parts.forkserver if parts is not None else None,
                       defaults=self.default_opts)
             if mode == "process" else None
@@ -237,6 +243,9 @@ class Worker:
         """Run until :meth:`close`; then drain gracefully and return."""
         if self._started:
             raise RuntimeError("Worker.run() was already called")
+        if self.manual:
+            raise InvalidOption("this worker has no processor (manual processing): take jobs "
+                                "with get_next_job(token), not run()")
         self._started = True
         await self.prepare()
         assert self.tree is not None
@@ -439,6 +448,17 @@ class Worker:
         elif outcome and outcome not in ("completed", "failed", "retry"):
             job_line(logging.INFO, self.queue_name, job_id, attempt, attempts, "%s", outcome)
         self.pump.wake.set()
+
+    async def get_next_job(self, token: str, block: bool = True) -> ManualJob | None:
+        """Manual processing (a worker made with processor None): take the next
+        job under the caller's ``token``; see rqsup.supervisor.manual."""
+        if not self.manual:
+            raise InvalidOption("get_next_job is for a worker without a processor")
+        return await manual.get_next_job(self, token, block)
+
+    def start_stall_check(self) -> asyncio.Task[None]:
+        """Run the stall sweep on its own (manual processing); cancel the task to stop."""
+        return manual.start_stall_check(self)
 
     def cancel_job(self, job_id: str, reason: str | None = None) -> bool:
         """Cancel a job this worker runs (BullMQ's worker.cancelJob); False if
