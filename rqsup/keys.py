@@ -42,6 +42,7 @@ KEY_PREFIXES = (
     "wake:",  # ZSET per worker: its private wake-up key and hand-off inbox
     "dedup:",  # STRING per dedup id: the id of the job that holds it
     "worker-jobs:",  # SET per worker: the ids it holds active
+    "dedup-next:",  # STRING per dedup id: the add kept for after the active job (keep_last)
 )
 
 #: Ids set aside in ``malformed`` at most (the oldest go first).
@@ -188,6 +189,11 @@ class QueueKeys:
     def dedup(self, dedup_id: str) -> str:
         """A deduplication key (STRING: the id of the job that holds it)."""
         return f"{self.base}:dedup:{dedup_id}"
+
+    def dedup_next(self, dedup_id: str) -> str:
+        """The add kept by ``keep_last_if_active`` (STRING, JSON of add.lua's
+        values), created when the job holding the dedup id finishes."""
+        return f"{self.base}:dedup-next:{dedup_id}"
 
     def scheduler(self, scheduler_id: str) -> str:
         """One scheduler's hash (its definition, pending run and counters)."""

@@ -40,6 +40,13 @@ class Added(NamedTuple):
     fields: dict[str, str]
 
 
+def _dedup_mode(dedup: Mapping[str, Any]) -> str:
+    """add.lua's mode argument: the mode, then its flags ("ttl+extend")."""
+    flags = dedup.get("flags") or ()
+    short = {"keep_last_if_active": "keep_last"}
+    return str(dedup.get("mode", "")) + "".join("+" + short.get(f, f) for f in flags)
+
+
 class AddSpec:
     """One job to add: validated and encoded before anything is written."""
 
@@ -65,7 +72,7 @@ class AddSpec:
             dedup = o.dedup or {}
             shared = (job_id or "", codec.encode(o.to_json_dict(), "job options"),
                       o.delay_ms, o.priority, 1 if o.lifo else 0, o.attempts,
-                      dedup.get("id", ""), dedup.get("mode", ""), dedup.get("ttl_ms", 0))
+                      dedup.get("id", ""), _dedup_mode(dedup), dedup.get("ttl_ms", 0))
             if cache is not None and not job_id:
                 cache[key] = shared
         self.name = name

@@ -90,13 +90,21 @@ def retention(name: str, value: Any, default: Mapping[str, int]) -> dict[str, in
     raise InvalidOption(f"{name} must be True, False, a count or {{age, count}}, got {value!r}")
 
 
+#: BullMQ's flags on top of a mode (docs/decisions.md, "Deduplication").
+DEDUP_FLAGS = ("extend", "replace", "keep_last_if_active")
+
+
 def dedup_option(value: Any, delay_ms: int) -> dict[str, Any] | None:
-    """Normalise ``dedup`` to ``{"id", "mode"[, "ttl_ms"]}``.
+    """Normalise ``dedup`` to ``{"id", "mode"[, "ttl_ms"][, "flags"]}``.
 
     ``"user-7"`` or ``{"id": "user-7"}``: mode until_done (no second job while
     the first is unfinished). ``{"id", "ttl": s}``: mode ttl (at most one job
     per window). ``{"id", "mode": "debounce"}`` with ``delay > 0``: a newer add
-    replaces the pending delayed job and moves its due time.
+    replaces the pending delayed job and moves its due time. BullMQ's flags:
+    ``extend`` (mode ttl: a duplicate add restarts the window), ``replace`` (a
+    newer add replaces a kept job that is delayed and not started, with a new
+    job and id), ``keep_last_if_active`` (mode until_done: the last add made
+    while the kept job runs is created when it ends).
     """
     if value is None:
         return None
@@ -104,9 +112,10 @@ def dedup_option(value: Any, delay_ms: int) -> dict[str, Any] | None:
         value = {"id": value}
     if not isinstance(value, Mapping):
         raise InvalidOption(f"dedup must be an id (str) or {{id, ttl, mode}}, got {value!r}")
-    unknown = set(value) - {"id", "ttl", "mode"}
+    unknown = set(value) - {"id", "ttl", "mode", *DEDUP_FLAGS}
     if unknown:
-        raise InvalidOption(f"dedup has unknown keys {sorted(unknown)} (use id, ttl, mode)")
+        raise InvalidOption(f"dedup has unknown keys {sorted(unknown)} (use id, ttl, mode, "
+                            f"{', '.join(DEDUP_FLAGS)})")
     if "id" not in value:
         raise InvalidOption(f"dedup needs an id, got {dict(value)!r}")
     try:
@@ -117,10 +126,28 @@ def dedup_option(value: Any, delay_ms: int) -> dict[str, Any] | None:
     mode = value.get("mode", "ttl" if ttl_ms is not None else "until_done")
     if mode not in DEDUP_MODES:
         raise InvalidOption(f"dedup mode must be one of {list(DEDUP_MODES)}, got {mode!r}")
+    flags = []
+    for flag in DEDUP_FLAGS:
+        on = value.get(flag, False)
+        if not isinstance(on, bool):
+            raise InvalidOption(f"dedup {flag} must be true or false, got {on!r}")
+        if on:
+            flags.append(flag)
+    needs = {"extend": "ttl", "keep_last_if_active": "until_done"}
+    for flag in flags:
+        if flag in needs and mode != needs[flag]:
+            raise InvalidOption(f"dedup {flag} applies to mode {needs[flag]!r}, not {mode!r}")
+    if "replace" in flags and mode == "debounce":
+        raise InvalidOption("dedup replace and mode 'debounce' both replace the pending job: "
+                            "use one (debounce keeps its id, replace makes a new job)")
+    out: dict[str, Any] = {"id": dedup_id, "mode": mode}
+    if flags:
+        out["flags"] = flags
     if mode == "ttl":
         if not ttl_ms:
             raise InvalidOption("dedup mode 'ttl' needs a ttl > 0 seconds (the throttle window)")
-        return {"id": dedup_id, "mode": mode, "ttl_ms": ttl_ms}
+        out["ttl_ms"] = ttl_ms
+        return out
     if ttl_ms is not None:
         hint = " (a debounce window is the job's delay)" if mode == "debounce" else ""
         raise InvalidOption(f"dedup ttl applies only to mode 'ttl', not {mode!r}{hint}")
@@ -129,7 +156,7 @@ def dedup_option(value: Any, delay_ms: int) -> dict[str, Any] | None:
             "dedup mode 'debounce' needs delay > 0: the job waits that long after the "
             "last add before it runs"
         )
-    return {"id": dedup_id, "mode": mode}
+    return out
 
 
 @dataclass(frozen=True)

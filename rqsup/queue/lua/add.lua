@@ -5,8 +5,9 @@ KEYS: the standard queue keys (common.lua); uses id, meta, wait, prioritized,
 ARGV: [1] number of jobs N, then 11 values per job:
       custom id ('' = next auto id), name, data (JSON), opts (JSON),
       delay_ms, priority, lifo (0/1), attempts,
-      dedup id ('' = none), dedup mode (until_done | ttl | debounce),
-      dedup ttl_ms (mode ttl; '' or 0 otherwise)
+      dedup id ('' = none), dedup mode (until_done | ttl | debounce, then
+      flags: "+extend", "+replace", "+keep_last"), dedup ttl_ms (mode ttl;
+      '' or 0 otherwise)
 Returns: per job {id, outcome, event id or '', timestamp or job hash}:
   outcome 1 created (then the job's timestamp: the caller has the rest of
   what was stored); 0 duplicated (the custom id existed; its hash as stored);
@@ -16,7 +17,11 @@ Returns: per job {id, outcome, event id or '', timestamp or job hash}:
   a flat list.
 Dedup, per job after the custom-id check: the key dedup:<dedup id> names the
   job that holds it. A debounce add whose kept job is still delayed and never
-  started replaces it. Otherwise the add is deduplicated while the key has a
+  started replaces it (same id); with +replace a new job replaces it (the
+  kept one is deleted: BullMQ's replace). +extend: a deduplicated add resets
+  the window's TTL. +keep_last: an add deduplicated against an active kept
+  job is stored (dedup-next:<dedup id>, the last one wins) and created when
+  the kept job ends (release_dedup, common.lua). Otherwise the add is deduplicated while the key has a
   TTL (a throttle window, whatever the kept job's state), or, for modes
   until_done and ttl, while the kept job exists and has not finished. Else a
   new job is created and takes the key (with PX ttl_ms in mode ttl). The key
@@ -32,17 +37,22 @@ Events: added {id, name, state}; duplicated {id} for an existing custom id;
 --@include claim
 
 -- What a dedup add does about `kept`, the job holding key dk: 'replace' it
--- (debounce), 'keep' it (deduplicated), or nil: the key is free to take.
-local function dedup_verdict(dk, kept, mode)
+-- in place (debounce), 'renew' it (replace: a new job takes its place),
+-- 'later' (keep_last_if_active: this add runs after the active kept job),
+-- 'keep' it (deduplicated), or nil: the key is free to take.
+local function dedup_verdict(dk, kept, mode, flags)
   local jk = PREFIX .. kept
   local f = jmget(jk, 'name', 'finished_on', 'attempts_started')
   if not f then return nil end  -- the kept job's key is damaged: take the dedup key
-  if mode == 'debounce' and redis.call('ZSCORE', k.delayed, kept)
+  if (mode == 'debounce' or flags.replace) and redis.call('ZSCORE', k.delayed, kept)
       and (tonumber(f[3]) or 0) == 0 then
-    return 'replace'
+    return mode == 'debounce' and 'replace' or 'renew'
   end
   if redis.call('PTTL', dk) > 0 then return 'keep' end
-  if mode ~= 'debounce' and f[1] and not f[2] then return 'keep' end
+  if mode ~= 'debounce' and f[1] and not f[2] then
+    if flags.keep_last and redis.call('ZSCORE', k.active, kept) then return 'later' end
+    return 'keep'
+  end
   return nil
 end
 
@@ -57,34 +67,39 @@ for i = 0, n - 1 do
   local did = ARGV[b + 8]
   local outcome = 1
   local kept = nil
+  local mode, flags = string.match(ARGV[b + 9], '^([%w_]*)(.*)$'), {}
+  for flag in string.gmatch(string.sub(ARGV[b + 9], #mode + 1), '+([%w_]+)') do
+    flags[flag] = true
+  end
   if id ~= '' and redis.call('EXISTS', PREFIX .. id) == 1 then
     outcome = 0
   elseif did ~= '' then
     kept = redis.call('GET', dedup_key(did))
-    local verdict = kept and dedup_verdict(dedup_key(did), kept, ARGV[b + 9])
+    local verdict = kept and dedup_verdict(dedup_key(did), kept, mode, flags)
     if verdict == 'replace' then
       outcome = 3
-    elseif verdict == 'keep' then
+    elseif verdict == 'keep' or verdict == 'later' then
       outcome = 2
+      if flags.extend then
+        local ttl = tonumber(ARGV[b + 10]) or 0
+        if ttl > 0 then redis.call('PEXPIRE', dedup_key(did), ttl) end
+      end
+      if verdict == 'later' then
+        -- Only the last such add is kept; it is created when the kept job ends.
+        redis.call('SET', P.dedup_next .. did, cjson.encode({unpack(ARGV, b, b + 10)}))
+      end
+    elseif verdict == 'renew' then
+      -- The kept job has not started: it goes, and this add's job takes its place.
+      redis.call('ZREM', k.delayed, kept)
+      redis.call('DEL', dedup_key(did))
+      delete_job(kept)
+      emit('event', 'removed', 'id', kept, 'prev', 'delayed')
     end
   end
   local delay = tonumber(ARGV[b + 4])
   if outcome == 1 then
-    if id == '' then id = tostring(redis.call('INCR', k.id)) end
-    local taker = nil
-    local priority = tonumber(ARGV[b + 5])
-    redis.call('HSET', PREFIX .. id, 'name', ARGV[b + 1], 'data', ARGV[b + 2],
-      'opts', ARGV[b + 3], 'timestamp', now, 'delay', delay, 'priority', priority,
-      'attempts', ARGV[b + 7], 'attempts_made', 0)
-    if did ~= '' then
-      redis.call('HSET', PREFIX .. id, 'dedup_id', did)
-      local ttl = tonumber(ARGV[b + 10]) or 0
-      if ttl > 0 then
-        redis.call('SET', dedup_key(did), id, 'PX', ttl)
-      else
-        redis.call('SET', dedup_key(did), id)
-      end
-    end
+    local taker, priority = nil, nil
+    id, delay, priority = store_job(nil, {unpack(ARGV, b, b + 10)}, now)
     local state
     if delay > 0 then
       redis.call('ZADD', k.delayed, now + delay, id)

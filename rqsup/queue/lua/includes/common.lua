@@ -171,11 +171,37 @@ local function dedup_key(dedup_id)
   return P.dedup .. dedup_id
 end
 
+-- Write a new job of queue `q` (nil: this one) from add.lua's 11 values
+-- `a` (custom id, name, data, opts, delay_ms, priority, lifo, attempts,
+-- dedup id, dedup mode, dedup ttl_ms): its hash and its dedup key. The
+-- caller places it (delayed, ready, or handed off). Returns id, delay_ms,
+-- priority, lifo (bool).
+local function store_job(q, a, now)
+  local dedp = q and q.dedup or P.dedup
+  local id = a[1]
+  if id == '' then id = tostring(redis.call('INCR', (q or k).id)) end
+  local delay, priority = tonumber(a[5]), tonumber(a[6])
+  local jk = (q and q.job or PREFIX) .. id
+  redis.call('HSET', jk, 'name', a[2], 'data', a[3], 'opts', a[4], 'timestamp', now,
+    'delay', delay, 'priority', priority, 'attempts', a[8], 'attempts_made', 0)
+  if a[9] ~= '' then
+    redis.call('HSET', jk, 'dedup_id', a[9])
+    local ttl = tonumber(a[11]) or 0
+    if ttl > 0 then
+      redis.call('SET', dedp .. a[9], id, 'PX', ttl)
+    else
+      redis.call('SET', dedp .. a[9], id)
+    end
+  end
+  return id, delay, priority, a[7] == '1'
+end
+
 -- Release the dedup key that job `id` took at add (hash field dedup_id), if
 -- the key still names this job (a later job may hold it by now).
 -- finished=true (the job completed or failed for good): a throttle window (a
 -- key with a TTL) stays until it expires. Otherwise (the job is deleted by
--- remove, clean, drain, obliterate) the key goes whatever its mode.
+-- remove, clean, drain, obliterate) the key goes whatever its mode. An add
+-- kept for after this job (keep_last_if_active) is created then.
 local function release_dedup(id, finished, q)
   local did = jget((q and q.job or PREFIX) .. id, 'dedup_id')
   if not did then return end
@@ -183,6 +209,24 @@ local function release_dedup(id, finished, q)
   if redis.call('GET', dk) ~= id then return end
   if finished and redis.call('PTTL', dk) > 0 then return end
   redis.call('DEL', dk)
+  local nk = (q and q.dedup_next or P.dedup_next) .. did
+  local kept = redis.call('GET', nk)
+  if not kept then return end
+  redis.call('DEL', nk)
+  local ok, a = pcall(cjson.decode, kept)
+  if not ok or type(a) ~= 'table' or #a ~= 11 then return end
+  local now = now_ms()
+  local qq = q or k
+  local nid, delay, priority, lifo = store_job(q, a, now)
+  local state = 'delayed'
+  if delay > 0 then
+    redis.call('ZADD', qq.delayed, now + delay, nid)
+  else
+    state = push_ready_in(qq, nid, priority, lifo)
+  end
+  redis.call('XADD', qq.events, 'MAXLEN', '~', MAXLEN, '*', 'event', 'added', 'id', nid,
+    'name', a[2], 'state', state)
+  redis.call('ZADD', qq.marker, 0, 'w')
 end
 
 -- Delete a job's keys, nothing else (with a parent's flow keys: flow.lua).
