@@ -683,3 +683,25 @@ def test_two_supervisors_and_a_restart_keep_one_pending_run(tmp_path: Path, redi
     last = q.get_job(info.job_id or "")
     assert left == [info.job_id] or (left == [] and last is not None and last.processed_on_ms)
     q.close()
+
+
+def test_immediately_and_count_as_in_bullmq(redis_url: str) -> None:
+    q = Queue("sqi", redis_url)
+    daily = q.upsert_scheduler("daily", cron="0 3 * * *", immediately=True)
+    job = q.get_job(daily.job_id or "")
+    assert job is not None and job.state() == "wait"  # now, not at the next 03:00
+    plain = q.upsert_scheduler("plain", cron="0 3 * * *")
+    assert q.get_job(plain.job_id or "").state() == "delayed"  # type: ignore[union-attr]
+    # count: runs already made, against limit (the first run here is the 3rd of 3).
+    last = q.upsert_scheduler("three", every="1h", limit=3, count=2)
+    assert last.count == 3 and last.job_id is not None
+    done = q.upsert_scheduler("spent", every="1h", limit=3, count=3)
+    assert done.job_id is None and done.done == "limit"
+    # An unchanged upsert keeps the count it reached.
+    assert q.upsert_scheduler("three", every="1h", limit=3, count=2).count == 3
+    with pytest.raises(InvalidOption, match="count must be"):
+        q.upsert_scheduler("bad", every="1h", count=-1)
+    with pytest.raises(InvalidOption, match="immediately"):
+        q.upsert_scheduler("bad", every="1h", immediately="yes")  # type: ignore[arg-type]
+    assert q.get_schedulers_count() == 4
+    q.close()

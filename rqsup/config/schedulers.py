@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from rqsup.config.tomltable import Problems, Table, as_toml, duration, integer, string
+from rqsup.config.tomltable import Problems, Table, as_toml, boolean, duration, integer, string
 from rqsup.errors import EncodeError, InvalidOption
 from rqsup.keys import validate_name
 from rqsup.queue import codec
@@ -23,6 +23,7 @@ from rqsup.queue.schedule import MIN_EVERY_MS, Schedule, time_ms
 
 SCHEDULER_KEYS = (
     "id", "queue", "cron", "every", "tz", "start", "end", "limit", "name", "data", "options",
+    "immediately", "count",
 )
 #: Job options a scheduler's runs may set (``job_id`` and ``delay`` are the scheduler's).
 TEMPLATE_OPTION_KEYS = (
@@ -50,6 +51,8 @@ class SchedulerConfig:
     start_ms: int | None = None
     end_ms: int | None = None
     limit: int | None = None
+    immediately: bool = False
+    count: int | None = None
     name: str | None = None
     data: Any = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -94,17 +97,21 @@ def _scheduler(t: Table, option_seconds: Callable[[str, Any], Any]) -> Scheduler
     start = t.get("start", lambda v: time_ms("start", v, zone), None, show=None)
     end = t.get("end", lambda v: time_ms("end", v, zone), None, show=None)
     limit = t.get("limit", integer(1), None)
+    immediately = t.get("immediately", boolean, False)
+    count = t.get("count", integer(0), None)
     name = t.get("name", string, None)
     data = t.get("data", _data, None, show=None)
     options = _options(t.table("options", TEMPLATE_OPTION_KEYS, refused=_REFUSED_OPTIONS),
                        option_seconds)
     if len(t.problems.lines) == before and (cron is None) != (every is None):
         try:  # what depends on several keys: end after start, tz with every
-            Schedule.build(cron=cron, every=every, tz=tz, start=start, end=end, limit=limit)
+            Schedule.build(cron=cron, every=every, tz=tz, start=start, end=end, limit=limit,
+                           immediately=immediately)
         except InvalidOption as exc:
             t.problem(None, str(exc))
     return SchedulerConfig(id=sid, queue=queue, cron=cron, every_s=every, tz=tz, start_ms=start,
-                           end_ms=end, limit=limit, name=name, data=data, options=options)
+                           end_ms=end, limit=limit, immediately=immediately, count=count,
+                           name=name, data=data, options=options)
 
 
 def _options(t: Table, option_seconds: Callable[[str, Any], Any]) -> dict[str, Any]:

@@ -270,10 +270,12 @@ class AsyncQueue:
         end: Any = None,
         limit: int | None = None,
         template: Mapping[str, Any] | None = None,
+        immediately: bool = False,
+        count: int | None = None,
     ) -> sched.SchedulerInfo:
         schedule = Schedule.build(cron=cron, every=every, tz=tz, start=start, end=end,
-                                  limit=limit)
-        op = sched.op_upsert(self.core, scheduler_id, schedule, template)
+                                  limit=limit, immediately=immediately)
+        op = sched.op_upsert(self.core, scheduler_id, schedule, template, count)
         return await self._driver.drive(op)
 
     async def get_scheduler(self, scheduler_id: str) -> sched.SchedulerInfo | None:

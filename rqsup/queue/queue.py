@@ -315,6 +315,8 @@ class Queue:
         end: Any = None,
         limit: int | None = None,
         template: Mapping[str, Any] | None = None,
+        immediately: bool = False,
+        count: int | None = None,
     ) -> sched.SchedulerInfo:
         """Create or redefine the scheduler ``scheduler_id`` (repeatable jobs).
 
@@ -328,8 +330,9 @@ class Queue:
         pending run. Runs are advanced by a supervisor (docs/decisions.md).
         """
         schedule = Schedule.build(cron=cron, every=every, tz=tz, start=start, end=end,
-                                  limit=limit)
-        return self._driver.drive(sched.op_upsert(self.core, scheduler_id, schedule, template))
+                                  limit=limit, immediately=immediately)
+        return self._driver.drive(sched.op_upsert(self.core, scheduler_id, schedule, template,
+                                                    count))
 
     def get_scheduler(self, scheduler_id: str) -> sched.SchedulerInfo | None:
         return self._driver.drive(sched.op_get(self.core, scheduler_id))

@@ -96,6 +96,9 @@ class Schedule:
     start_ms: int | None = None
     end_ms: int | None = None
     limit: int | None = None
+    #: A cron scheduler's first run is now (BullMQ's immediately), not its
+    #: first match; an ``every`` scheduler runs at once anyway.
+    immediately: bool = False
 
     @classmethod
     def build(
@@ -107,6 +110,7 @@ class Schedule:
         start: Any = None,
         end: Any = None,
         limit: int | None = None,
+        immediately: bool = False,
     ) -> Schedule:
         """Validate what a person wrote; InvalidOption names the bad value."""
         if (cron is None) == (every is None):
@@ -131,16 +135,23 @@ class Schedule:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                                   or limit < 1):
             raise InvalidOption(f"limit must be an int >= 1 (runs in all), got {limit!r}")
+        if not isinstance(immediately, bool):
+            raise InvalidOption(f"immediately must be true or false, got {immediately!r}")
         return cls(cron=cron, every_ms=None if every is None else every_ms(every), tz=tz,
-                   start_ms=start_ms, end_ms=end_ms, limit=limit)
+                   start_ms=start_ms, end_ms=end_ms, limit=limit, immediately=immediately)
 
     def to_json(self) -> dict[str, Any]:
-        return {"cron": self.cron, "every_ms": self.every_ms, "tz": self.tz,
-                "start_ms": self.start_ms, "end_ms": self.end_ms, "limit": self.limit}
+        out = {"cron": self.cron, "every_ms": self.every_ms, "tz": self.tz,
+               "start_ms": self.start_ms, "end_ms": self.end_ms, "limit": self.limit}
+        if self.immediately:  # only when set: older specs compare unchanged
+            out["immediately"] = True
+        return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Schedule:
-        return cls(**{k: raw.get(k) for k in cls.__dataclass_fields__})
+        fields: dict[str, Any] = {k: raw.get(k) for k in cls.__dataclass_fields__}
+        fields["immediately"] = bool(raw.get("immediately"))
+        return cls(**fields)
 
     # -- run times ------------------------------------------------------------
 
@@ -148,9 +159,10 @@ class Schedule:
         """The first run of a new (or redefined) scheduler, or None when there is none.
 
         ``every`` runs at once (or at ``start``), then on its grid; cron runs at
-        its first match from now (or from ``start``).
+        its first match from now (or from ``start``), or at once with
+        ``immediately``.
         """
-        if self.every_ms is not None:
+        if self.every_ms is not None or self.immediately:
             run = max(now_ms, self.start_ms or 0)
             return None if self.end_ms is not None and run > self.end_ms else run
         after = now_ms if self.start_ms is None else max(now_ms, self.start_ms - 1)

@@ -146,12 +146,17 @@ def _template(core: QueueCore, scheduler_id: str, template: Mapping[str, Any] | 
 
 def op_upsert(
     core: QueueCore, scheduler_id: str, schedule: Schedule,
-    template: Mapping[str, Any] | None,
+    template: Mapping[str, Any] | None, count: int | None = None,
 ) -> Op[SchedulerInfo]:
-    """Create or redefine a scheduler; an unchanged definition changes nothing."""
+    """Create or redefine a scheduler; an unchanged definition changes nothing.
+    ``count``: runs to count as made already (BullMQ's count, against limit)."""
     validate_scheduler_id(scheduler_id)
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                              or count < 0):
+        raise InvalidOption(f"count must be an int >= 0 (runs made already), got {count!r}")
     name, data, options, opts = _template(core, scheduler_id, template)
-    spec = _canonical({**schedule.to_json(), "options": options},
+    extra = {} if count is None else {"count": count}
+    spec = _canonical({**schedule.to_json(), "options": options, **extra},
                       f"options of scheduler {scheduler_id!r}")
     secs, micros = (yield Command(("TIME",)))
     first = schedule.first_run(int(secs) * 1000 + int(micros) // 1000)
@@ -159,7 +164,7 @@ def op_upsert(
         core, "upsert_scheduler", scheduler_id, spec, name, data,
         codec.encode(opts.to_json_dict(), "job options"), opts.priority, 1 if opts.lifo else 0,
         opts.attempts, schedule.limit or 0, "" if first is None else first,
-        "end" if first is None else "",
+        "end" if first is None else "", "" if count is None else count,
     )
     info = yield from op_get(core, scheduler_id)
     assert info is not None

@@ -89,10 +89,10 @@ async def upsert_configured(client: aredis.Redis, prefix: str,
     for s in schedulers:
         try:
             schedule = Schedule.build(cron=s.cron, every=s.every_s, tz=s.tz, start=s.start_ms,
-                                      end=s.end_ms, limit=s.limit)
+                                      end=s.end_ms, limit=s.limit, immediately=s.immediately)
             template = {"name": s.name or s.id, "data": s.data, "options": s.options}
             info = await driver.drive(op_upsert(QueueCore(s.queue, prefix), s.id, schedule,
-                                                template))
+                                                template, s.count))
         except RqsupError as exc:
             log.error("scheduler %s of queue %s not upserted: %s", s.id, s.queue, exc)
             continue

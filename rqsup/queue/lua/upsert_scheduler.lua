@@ -4,7 +4,8 @@ KEYS: the standard queue keys (common.lua), then the schedulers zset and the
 ARGV: [1] scheduler id, [2] spec (JSON: timing and options as given), [3] job
       name, [4] data (JSON), [5] opts (JSON, normalised), [6] priority,
       [7] lifo (0/1), [8] attempts, [9] limit (0 = none), [10] first run (ms)
-      or '' for none, [11] why there is none ('end')
+      or '' for none, [11] why there is none ('end'), [12] runs to count as
+      already made (BullMQ's count; '' keeps the count)
 When spec, name, data and opts are unchanged nothing is written (a
 supervisor upserting its config at every start keeps the pending run and
 the count). Otherwise the definition is replaced, `rev` goes up, the pending
@@ -34,6 +35,10 @@ redis.call('HSET', hk, 'spec', ARGV[2], 'name', ARGV[3], 'data', ARGV[4], 'opts'
   'priority', ARGV[6], 'lifo', ARGV[7], 'attempts', ARGV[8], 'limit', ARGV[9],
   'rev', (tonumber(old[7]) or 0) + 1, 'updated', now)
 redis.call('HSETNX', hk, 'created', now)
-redis.call('HSETNX', hk, 'count', 0)
+if ARGV[12] ~= '' then
+  redis.call('HSET', hk, 'count', ARGV[12])
+else
+  redis.call('HSETNX', hk, 'count', 0)
+end
 local r = schedule_run(sid, hk, ARGV[10], ARGV[11], now)
 return {status, r[1], r[2]}
