@@ -196,3 +196,63 @@ def test_renewal_reports_a_cancel_for_the_attempt_that_holds_it(redis_url: str) 
     # A later attempt (another token) is not cancelled by it.
     assert q._driver.execute(q.core.script("renew", 30_000, job.id, "999")) == [
         [b"999"], []]
+
+
+def test_worker_local_events(redis_url: str) -> None:
+    got: list[tuple[Any, ...]] = []
+
+    async def proc(job: ActiveJob) -> Any:
+        job.update_progress(50)
+        if job.data == "bad":
+            raise ValueError("broken")
+        return {"ok": job.data}
+
+    async def on_completed(job: Any, value: Any) -> None:  # a coroutine callback
+        got.append(("completed", job.id, value))
+
+    async def main() -> None:
+        q = AsyncQueue("ev", redis_url)
+        w = Worker("ev", proc, url=redis_url)
+        w.on("completed", on_completed)
+        w.on("failed", lambda job, err: got.append(("failed", job.id, err.message)))
+        w.on("progress", lambda job, p: got.append(("progress", job.id, p)))
+        w.on("drained", lambda: got.append(("drained",)))
+        with pytest.raises(Exception, match="unknown worker event 'done'"):
+            w.on("done", print)
+        wt = asyncio.create_task(w.run())
+        good = await q.add("x", 1)
+        bad = await q.add("x", "bad", attempts=1)
+        await await_until(lambda: ("failed", bad.id, "broken") in got
+                          and ("completed", good.id, {"ok": 1}) in got, "both events")
+        assert ("progress", good.id, 50) in got
+        await await_until(lambda: ("drained",) in got, "drained")
+        await w.close(5)
+        await wt
+        await q.close()
+
+    run(main)
+
+
+def test_worker_stalled_event(redis_url: str) -> None:
+    stalled: list[str] = []
+
+    async def proc(job: ActiveJob) -> Any:
+        return "ran"
+
+    async def main() -> None:
+        q = AsyncQueue("evs", redis_url)
+        sync = Queue("evs", redis_url)
+        job = await q.add("x")
+        sync._driver.execute(sync.core.script("claim", 1, "ghost", 30_000))
+        sync.client.zadd(sync.core.keys.active, {job.id: 0})  # its holder is long gone
+        w = Worker("evs", proc, url=redis_url, stall_interval_s=0.2, max_stalled_count=3)
+        w.on("stalled", stalled.append)
+        wt = asyncio.create_task(w.run())
+        assert await q.wait_for(job.id, timeout=10) == "ran"
+        assert stalled == [job.id]
+        await w.close(5)
+        await wt
+        sync.close()
+        await q.close()
+
+    run(main)

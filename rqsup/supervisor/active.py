@@ -75,6 +75,8 @@ class Running:
     cancel_reason: str | None = None
     #: The job handed to an in-process processor (thread mode: told of a cancel).
     job: ActiveJob | None = None
+    #: The return value, kept for a worker.on("completed") callback only.
+    result: Any = None
 
     @property
     def id(self) -> str:

@@ -91,6 +91,8 @@ def _sink(w: Worker, r: Running) -> Callable[[str, str], None]:
             return
         if kind == "progress":
             script = w.core.script("progress", r.id, r.token, payload)
+            if w.events.active:
+                w.events.emit("progress", r.record, codec.decode(payload))
         else:
             r.log_calls += 1
             script = w.core.script("log", r.id, r.token, r.options.keep_logs, r.log_calls,
@@ -212,6 +214,8 @@ def complete(w: Worker, r: Running, result: Any) -> None:
         return
     keep = r.options.completed_retention
     r.finished = True
+    if w.events.active:
+        r.result = codec.decode(encoded) if isinstance(result, RawJSON) else result
     w.pump.complete(r.id, r.token, [r.id, r.token, encoded, keep["count"], keep["age_ms"]])
 
 

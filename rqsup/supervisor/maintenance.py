@@ -123,6 +123,9 @@ async def sweep_stalled(w: Worker) -> None:
                 )
             )
             episode.ok()
+            if requeued and w.events.active:
+                for job_id in requeued:
+                    w.events.emit("stalled", codec.text(job_id))
             if requeued or failed:
                 log.warning(
                     "queue %s: stalled jobs requeued %s, failed %s", w.queue_name,
@@ -133,6 +136,31 @@ async def sweep_stalled(w: Worker) -> None:
             episode.note(exc)
         # Jitter spreads the sweepers of many workers over the interval.
         await asyncio.sleep(w.stall_interval_s * random.uniform(0.5, 1.0))
+
+
+async def give_back(w: Worker, worker_id: str, *, count_stall: bool = False,
+                    within_s: float | None = None) -> None:
+    """Requeue everything active under ``worker_id`` (retrying while Redis
+    fails, for up to a lease; after that the stall sweeper recovers them)."""
+    episode = Episode(f"queue {w.queue_name}: giving back the jobs of {worker_id}", log)
+    deadline = time.monotonic() + (within_s if within_s is not None else w.lease_ms / 1000)
+    req = w.core.script("requeue_worker", worker_id, 1 if count_stall else 0)
+    while True:
+        try:
+            ids = await asyncio.wait_for(w.driver.execute(req),
+                                         max(0.1, deadline - time.monotonic()))
+            break
+        except (*REDIS_ERRORS, TimeoutError) as exc:
+            delay = episode.note(exc)
+            if time.monotonic() + delay >= deadline:
+                log.error("queue %s: could not give back the jobs of %s (%s); the stall "
+                          "sweeper will recover them", w.queue_name, worker_id, exc)
+                return
+            await asyncio.sleep(delay)
+    episode.ok()
+    if ids:
+        log.warning("queue %s: gave back %d unfinished job(s) of %s: %s", w.queue_name,
+                    len(ids), worker_id, [codec.text(i) for i in ids])
 
 
 def running_ids(w: Worker, limit: int = 1000) -> list[str]:

@@ -299,4 +299,6 @@ class Pump:
             self.w.start_job(codec.text(job_id), codec.text(token), fields)
         if asked > 0 and len(jobs) < asked:
             self.maybe_work = False
+            if not self.idle.is_set() and self.w.events.active and not jobs:
+                self.w.events.emit("drained")
             self.idle.set()

@@ -30,16 +30,15 @@ from typing import Any
 import redis.asyncio as aredis
 
 from rqsup import backoff
-from rqsup.errors import Code, InvalidOption
-from rqsup.queue import codec
+from rqsup.errors import Code, InvalidOption, JobFailed
 from rqsup.queue.connection import REDIS_ERRORS, async_client, without_retries
 from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import AsyncDriver
-from rqsup.queue.faults import Episode
 from rqsup.queue.options import build as build_options
 from rqsup.supervisor import cancels, jobrun, maintenance, manual
 from rqsup.supervisor.active import ActiveJob, Running
 from rqsup.supervisor.joblog import job_line, seconds
+from rqsup.supervisor.local_events import LocalEvents
 from rqsup.supervisor.manual import ManualJob
 from rqsup.supervisor.pool import ChildPool, SandboxSettings
 from rqsup.supervisor.processors import load_processor
@@ -183,6 +182,7 @@ class Worker:
         self.driver = AsyncDriver(self.client)
         self.started_at = time.time()
         self.running: dict[str, Running] = {}  # by token
+        self.events = LocalEvents()
         self.claiming = True
         self.renewals = 0
         self.processed = 0
@@ -302,6 +302,8 @@ class Worker:
         worker id, so nothing of the old one (a stale hand-off, a late reply)
         reaches the next."""
         old = self.worker_id
+        if self.events.active:
+            self.events.emit("error", exc)
         for r in list(self.running.values()):
             r.lost = True
             r.stop_reason = "its worker crashed"
@@ -314,27 +316,9 @@ class Worker:
 
     async def give_back(self, worker_id: str, *, count_stall: bool = False,
                         within_s: float | None = None) -> None:
-        """Requeue everything active under ``worker_id`` (retrying while Redis
-        fails, for up to a lease; after that the stall sweeper recovers them)."""
-        episode = Episode(f"queue {self.queue_name}: giving back the jobs of {worker_id}", log)
-        deadline = time.monotonic() + (within_s if within_s is not None else self.lease_ms / 1000)
-        req = self.core.script("requeue_worker", worker_id, 1 if count_stall else 0)
-        while True:
-            try:
-                ids = await asyncio.wait_for(self.driver.execute(req),
-                                             max(0.1, deadline - time.monotonic()))
-                break
-            except (*REDIS_ERRORS, TimeoutError) as exc:
-                delay = episode.note(exc)
-                if time.monotonic() + delay >= deadline:
-                    log.error("queue %s: could not give back the jobs of %s (%s); the stall "
-                              "sweeper will recover them", self.queue_name, worker_id, exc)
-                    return
-                await asyncio.sleep(delay)
-        episode.ok()
-        if ids:
-            log.warning("queue %s: gave back %d unfinished job(s) of %s: %s", self.queue_name,
-                        len(ids), worker_id, [codec.text(i) for i in ids])
+        """Requeue everything active under ``worker_id`` (maintenance.give_back)."""
+        await maintenance.give_back(self, worker_id, count_stall=count_stall,
+                                    within_s=within_s)
 
     async def prepare(self) -> None:
         """Boot the child pool (process mode) before claiming anything."""
@@ -426,6 +410,11 @@ class Worker:
         """Redis recorded (or refused) a job's outcome: free its slot."""
         self.running.pop(token, None)
         self.processed += 1
+        if self.events.active and r is not None and code >= 0:
+            if outcome == "completed":
+                self.events.emit("completed", r.record, r.result)
+            elif outcome == "failed" and r.error is not None:
+                self.events.emit("failed", r.record, JobFailed(r.id, *r.error, None))
         attempt = (r.attempt if r is not None else 0)
         attempts = (r.attempts if r is not None else 0)
         if code == Code.MALFORMED:
@@ -459,6 +448,11 @@ class Worker:
     def start_stall_check(self) -> asyncio.Task[None]:
         """Run the stall sweep on its own (manual processing); cancel the task to stop."""
         return manual.start_stall_check(self)
+
+    def on(self, event: str, callback: Callable[..., Any]) -> None:
+        """Local events (BullMQ's worker.on): completed, failed, progress,
+        stalled, error, drained; see rqsup.supervisor.local_events."""
+        self.events.on(event, callback)
 
     def cancel_job(self, job_id: str, reason: str | None = None) -> bool:
         """Cancel a job this worker runs (BullMQ's worker.cancelJob); False if
