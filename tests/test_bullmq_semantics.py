@@ -388,3 +388,21 @@ def test_counts_per_priority_logs_rate_limit_ttl_and_schedulers_count(redis_url:
     q.upsert_scheduler("every", every=60)
     q.upsert_scheduler("cron", cron="0 * * * *")
     assert q.get_schedulers_count() == 2
+
+
+def test_state_counts_remove_and_global_concurrency_getters(redis_url: str) -> None:
+    q = Queue("gs", redis_url)
+    job = q.add("x")
+    q.add("y", delay=60)
+    assert q.get_job_state(job.id) == "wait" and q.get_job_state("nope") == "unknown"
+    assert q.get_job_counts("wait", "delayed") == {"wait": 1, "delayed": 1}
+    assert set(q.get_job_counts()) >= {"wait", "active", "completed", "failed"}
+    with pytest.raises(InvalidOption, match="unknown states"):
+        q.get_job_counts("waiting")
+    q.remove(job.id)
+    assert q.get_job(job.id) is None
+    assert q.get_global_concurrency() is None
+    q.set_global_concurrency(4)
+    assert q.get_global_concurrency() == 4
+    q.remove_global_concurrency()
+    assert q.get_global_concurrency() is None

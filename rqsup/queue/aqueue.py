@@ -13,6 +13,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
+from rqsup.errors import InvalidOption, JobNotFound
 from rqsup.queue import codec
 from rqsup.queue import schedulers as sched
 from rqsup.queue.connection import async_client
@@ -179,6 +180,22 @@ class AsyncQueue:
     async def cancel(self, job_id: str, reason: str | None = None) -> str:
         return await self._driver.drive(self.core.op_cancel(job_id, reason))
 
+    async def get_job_state(self, job_id: str) -> str:
+        try:
+            return await self._driver.drive(self.core.op_state(job_id))
+        except JobNotFound:
+            return "unknown"
+
+    async def get_job_counts(self, *states: str) -> dict[str, int]:
+        counts = await self._driver.drive(self.core.op_counts())
+        unknown = set(states) - set(counts)
+        if unknown:
+            raise InvalidOption(f"unknown states {sorted(unknown)}; known: {', '.join(counts)}")
+        return {s: counts[s] for s in states} if states else counts
+
+    async def remove(self, job_id: str) -> None:
+        await self._driver.drive(self.core.op_remove(job_id))
+
     async def counts(self) -> dict[str, int]:
         return await self._driver.drive(self.core.op_counts())
 
@@ -217,6 +234,13 @@ class AsyncQueue:
         op = (self.core.op_limits(clear_concurrency=True) if limit is None
               else self.core.op_limits(concurrency=limit))
         return await self._driver.drive(op)
+
+    async def get_global_concurrency(self) -> int | None:
+        cap = (await self.limits())["concurrency"]
+        return None if cap is None else int(cap)
+
+    async def remove_global_concurrency(self) -> dict[str, Any]:
+        return await self.set_global_concurrency(None)
 
     async def rate_limit(self, delay: float) -> dict[str, Any]:
         """Claim nothing for ``delay`` seconds (after an upstream 429, say); 0 lifts it."""

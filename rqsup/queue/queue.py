@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from rqsup.errors import InvalidOption, JobNotFound
 from rqsup.queue import codec
 from rqsup.queue import schedulers as sched
 from rqsup.queue.connection import sync_client
@@ -212,6 +213,26 @@ class Queue:
         running fails at once ("failed"). Not retried either way."""
         return self._driver.drive(self.core.op_cancel(job_id, reason))
 
+    def get_job_state(self, job_id: str) -> str:
+        """The job's state (wait, active, ...), or "unknown" for no such job,
+        as BullMQ's getJobState (``job.state()`` raises JobNotFound instead)."""
+        try:
+            return self._driver.drive(self.core.op_state(job_id))
+        except JobNotFound:
+            return "unknown"
+
+    def get_job_counts(self, *states: str) -> dict[str, int]:
+        """Counts of the states named (all when none is), as BullMQ's getJobCounts."""
+        counts = self._driver.drive(self.core.op_counts())
+        unknown = set(states) - set(counts)
+        if unknown:
+            raise InvalidOption(f"unknown states {sorted(unknown)}; known: {', '.join(counts)}")
+        return {s: counts[s] for s in states} if states else counts
+
+    def remove(self, job_id: str) -> None:
+        """Remove a job that is not running (and its pending children)."""
+        self._driver.drive(self.core.op_remove(job_id))
+
     def counts(self) -> dict[str, int]:
         return self._driver.drive(self.core.op_counts())
 
@@ -257,6 +278,13 @@ class Queue:
         op = (self.core.op_limits(clear_concurrency=True) if limit is None
               else self.core.op_limits(concurrency=limit))
         return self._driver.drive(op)
+
+    def get_global_concurrency(self) -> int | None:
+        cap = (self.limits())["concurrency"]
+        return None if cap is None else int(cap)
+
+    def remove_global_concurrency(self) -> dict[str, Any]:
+        return self.set_global_concurrency(None)
 
     def rate_limit(self, delay: float) -> dict[str, Any]:
         """Claim nothing for ``delay`` seconds (after an upstream 429, say); 0 lifts it."""
