@@ -30,22 +30,24 @@ from rqsup.errors import (
 )
 
 if TYPE_CHECKING:
-    from rqsup.queue.aqueue import AsyncJob, AsyncQueue
+    from rqsup.queue.ajob import AsyncJob
+    from rqsup.queue.aqueue import AsyncQueue
     from rqsup.queue.events import Event, QueueEvents
     from rqsup.queue.flow_producer import AsyncFlowProducer, FlowProducer
     from rqsup.queue.flows import FlowJob
-    from rqsup.queue.queue import Job, Queue
+    from rqsup.queue.job import Job
+    from rqsup.queue.queue import Queue
     from rqsup.supervisor import ActiveJob, Worker
 
 _LAZY = {
-    "AsyncJob": "rqsup.queue.aqueue",
+    "AsyncJob": "rqsup.queue.ajob",
     "AsyncQueue": "rqsup.queue.aqueue",
     "Event": "rqsup.queue.events",
     "AsyncFlowProducer": "rqsup.queue.flow_producer",
     "FlowProducer": "rqsup.queue.flow_producer",
     "FlowJob": "rqsup.queue.flows",
     "QueueEvents": "rqsup.queue.events",
-    "Job": "rqsup.queue.queue",
+    "Job": "rqsup.queue.job",
     "Queue": "rqsup.queue.queue",
     "ActiveJob": "rqsup.supervisor",
     "Worker": "rqsup.supervisor",

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from rqsup.queue.queue import Job, Queue
+    from rqsup.queue.job import Job
+    from rqsup.queue.queue import Queue
 
 STATES = ("wait", "prioritized", "delayed", "active", "completed", "failed", "waiting-children")
 

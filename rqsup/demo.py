@@ -20,7 +20,8 @@ import redis
 from rqsup.config.model import load_config
 from rqsup.errors import JobFailed
 from rqsup.keys import supervisor_key
-from rqsup.queue.queue import Job, Queue
+from rqsup.queue.job import Job
+from rqsup.queue.queue import Queue
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dev.toml"
 

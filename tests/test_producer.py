@@ -287,7 +287,7 @@ def test_bad_names_and_unknown_ids(redis_url: str) -> None:
     assert q.get_job("nope") is None
     with pytest.raises(InvalidOption, match="unknown state"):
         q.get_jobs("running")
-    from rqsup.queue.queue import Job
+    from rqsup.queue.job import Job
 
     ghost = Job("nope", {}, q)
     with pytest.raises(JobNotFound, match="job nope does not exist"):
