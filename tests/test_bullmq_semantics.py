@@ -406,3 +406,31 @@ def test_state_counts_remove_and_global_concurrency_getters(redis_url: str) -> N
     assert q.get_global_concurrency() == 4
     q.remove_global_concurrency()
     assert q.get_global_concurrency() is None
+
+
+def test_async_twins_of_the_new_getters_and_actions(redis_url: str) -> None:
+    async def main() -> None:
+        q = AsyncQueue("tw", redis_url)
+        a = await q.add("x", priority=2, attempts=1, remove_on_fail=False)
+        b = await q.add("x", delay=60)
+        assert await q.get_counts_per_priority([0, 2]) == {0: 0, 2: 1}
+        assert await q.get_job_state(a.id) == "prioritized"
+        assert await q.get_job_counts("delayed") == {"delayed": 1}
+        assert await q.get_rate_limit_ttl() == 0
+        assert await q.get_job_logs(a.id) == {"logs": [], "count": 0}
+        assert await q.cancel(b.id, "async") == "failed"
+        assert (await q.get_job(b.id)) is None or (await q.get_job_state(b.id)) == "failed"
+        await q.publish_event("note", {"k": "v"})
+        assert await q.trim_events(1) >= 1
+        assert await q.get_workers_count() == 0 and await q.get_schedulers_count() == 0
+        assert await a.get_dependencies_count() == {"processed": 0, "unprocessed": 0,
+                                                    "failed": 0, "ignored": 0}
+        assert await a.get_children_values() == {}
+        assert await a.remove_unprocessed_children() == 0
+        assert await q.get_global_concurrency() is None
+        assert await q.retry_jobs() == 1  # b, failed by the cancel
+        await q.remove(a.id)
+        assert await q.get_job(a.id) is None
+        await q.close()
+
+    asyncio.run(main())
