@@ -455,3 +455,21 @@ def test_unknown_config_key_exits_2_naming_file_and_key(tmp_path: Path, redis_ur
     assert str(path) in result.stderr, result.stderr
     assert "queues[0].concurrenccy" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- cancellation through a real supervisor --------------------------------------------
+
+
+def test_queue_cancel_reaches_a_process_child_under_rqsup_start(
+        tmp_path: Path, redis_url: str, start: Any, queues: Any) -> None:
+    name, qname = f"sup-{uid()}", f"cancel-{uid()}"
+    cfg = write(tmp_path / "s.toml", config_text(
+        redis_url, name, [{"name": qname, "processor": f"{PROCS}:until_cancelled"}]))
+    sup = start(cfg)
+    q = queues(qname)
+    job = q.add("c", {})
+    wait_until(lambda: (q.get_job(job.id) or job).progress == "waiting", "the job running")
+    assert q.cancel(job.id, "from the test") == "signalled"
+    # The child's processor saw job.cancelled and returned: its value stands.
+    assert job.wait(15) == {"stopped": "from the test"}
+    sup.check_running("the cancel")
