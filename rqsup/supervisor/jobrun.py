@@ -179,6 +179,10 @@ async def execute(w: Worker, r: Running) -> None:
         fail(w, r, r.job.error_info(exc) if r.job is not None else error_info(exc))
     else:
         complete(w, r, result)
+    finally:
+        # The job, its port and its sink refer back to r: break the cycle now,
+        # or every job waits for the garbage collector.
+        r.job = None
 
 
 def active_job(w: Worker, r: Running, sink: Callable[[str, str], None],
