@@ -32,6 +32,13 @@ OPTION_NAMES = frozenset(
     }
 )
 
+#: Options that exist, but not where they were given.
+_ELSEWHERE = {
+    "parent": "parent= is taken by Queue.add, one job at a time; for many, use "
+              "FlowProducer.add_bulk",
+    "failure_policy": "failure_policy is for a child: in a flow, or with Queue.add(parent=...)",
+}
+
 #: Deduplication modes (docs/decisions.md, "Deduplication").
 DEDUP_MODES = ("until_done", "ttl", "debounce")
 
@@ -239,8 +246,10 @@ def build(options: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[str 
     merged = {**defaults, **options}
     unknown = set(merged) - OPTION_NAMES
     if unknown:
+        hints = [why for name, why in _ELSEWHERE.items() if name in unknown]
         raise InvalidOption(
             f"unknown job option(s) {sorted(unknown)}; known: {sorted(OPTION_NAMES)}"
+            + "".join(f" ({h})" for h in hints)
         )
     job_id = merged.get("job_id")
     if job_id is not None:
