@@ -88,6 +88,53 @@ def start(config: Path) -> None:
     sys.exit(app.run_supervisor(cfg))
 
 
+@main.command()
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Redis, prefix and queues from this config file.")
+@click.option("--url", help="Redis URL (default: the config's, or redis://127.0.0.1:6379/0).")
+@click.option("--prefix", help="Key prefix (default: the config's, or rqsup).")
+@click.option("--listen", help='host:port to serve /metrics on (default: the config\'s '
+              '[metrics] listen, or "127.0.0.1:9464").')
+def metrics(config: Path | None, url: str | None, prefix: str | None,
+            listen: str | None) -> None:
+    """Serve the queue gauges of every queue under the prefix on /metrics.
+
+    One scrape target for the queues (set [metrics] queue_gauges = false on
+    the supervisors, so each queue is not exported once per supervisor).
+    Runs until SIGTERM or Ctrl-C.
+    """
+    import signal
+    import threading
+
+    from rqsup.cli_admin import _target
+    from rqsup.config.units import parse_listen
+
+    url_, prefix_, queues = _target(config, url, prefix)
+    if listen is None and config is not None:
+        listen = _load(config).metrics.listen
+    listen = listen or "127.0.0.1:9464"
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    from rqsup.observe.server import Exporter
+
+    exporter = Exporter(listen, url=url_, prefix=prefix_, queues=lambda: queues,
+                        discover=True, job_metrics=False)
+    try:
+        exporter.start()
+    except OSError as exc:
+        click.echo(f"rqsup metrics: cannot listen on {listen}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_CHECK_FAILED)
+    click.echo(f"rqsup metrics: serving the queues under {prefix_!r} on "
+               f"http://{exporter.host}:{exporter.port}/metrics", err=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    exporter.stop()
+
+
 from rqsup.cli_admin import register as _register_admin  # noqa: E402  (click only)
 
 _register_admin(main)

@@ -46,7 +46,7 @@ def test_a_child_added_to_an_existing_parent_is_waited_for(redis_url: str) -> No
         kids.add("c", parent={"id": "nope", "queue": "par"})
     with pytest.raises(InvalidOption, match="parent must be"):
         kids.add("c", parent="par:1")
-    with pytest.raises(InvalidOption, match="FlowProducer.add_bulk"):
+    with pytest.raises(InvalidOption, match=r"FlowProducer\.add_bulk"):
         kids.add_bulk([{"name": "c", "opts": {"parent": {"id": node.id, "queue": "par"}}}])
     # A finished parent takes no child.
     lone = parents.add("lone", remove_on_complete=False)

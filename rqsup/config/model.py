@@ -31,6 +31,7 @@ from rqsup.config.tomltable import (
     size,
     string,
 )
+from rqsup.config.units import parse_listen
 from rqsup.config.values import (
     JOB_DEFAULT_KEYS,
     account,
@@ -86,6 +87,16 @@ class RedisConfig:
             f"ssl_ca_certs={self.ssl_ca_certs!r}, start_private={self.start_private!r}, "
             f"private_dir={self.private_dir!r})"
         )
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint (``listen`` None: off)."""
+
+    listen: str | None = None
+    #: Export the queues' gauges here too (off when ``rqsup metrics`` serves
+    #: them for every queue, so they are not exported once per supervisor).
+    queue_gauges: bool = True
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,7 @@ class Config:
     supervisor: SupervisorConfig
     queues: tuple[QueueConfig, ...]
     schedulers: tuple[SchedulerConfig, ...] = ()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 # -- loading -------------------------------------------------------------------
@@ -208,17 +220,33 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     """Validate already-parsed TOML; ``path`` names the file in messages and
     anchors relative paths (``private_dir``, ``ssl_ca_certs``)."""
     problems = Problems(os.fspath(path))
-    top = Table(raw, "", ("redis", "supervisor", "queues", "schedulers"), problems)
+    top = Table(raw, "", ("redis", "supervisor", "queues", "schedulers", "metrics"), problems)
     base_dir = path.resolve().parent
     redis_cfg = _redis(top.table("redis", ("url", "prefix", "ssl_ca_certs", "start_private",
                                            "private_dir")), base_dir)
     supervisor = _supervisor(top.table("supervisor", _SUPERVISOR_KEYS), base_dir)
     queues = _queues(top, problems)
     schedulers = parse_schedulers(top, problems, job_option_seconds)
+    metrics = _metrics(top.table("metrics", ("listen", "queue_gauges")))
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(path=path.resolve(), redis=redis_cfg, supervisor=supervisor, queues=queues,
-                  schedulers=schedulers)
+                  schedulers=schedulers, metrics=metrics)
+
+
+def _listen(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError('must be host:port such as "127.0.0.1:9464"')
+    try:
+        parse_listen(value)
+    except ValueError:
+        raise ValueError('must be host:port such as "127.0.0.1:9464"') from None
+    return value
+
+
+def _metrics(t: Table) -> MetricsConfig:
+    return MetricsConfig(listen=t.get("listen", _listen, None),
+                         queue_gauges=t.get("queue_gauges", boolean, True))
 
 
 def redact_url(url: str) -> str:

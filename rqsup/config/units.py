@@ -106,3 +106,12 @@ def format_size(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
     return f"{size}B"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"`` or ``":9464"`` (all addresses) -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"metrics listen must be host:port such as '127.0.0.1:9464', "
+                         f"got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)

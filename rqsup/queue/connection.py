@@ -29,13 +29,15 @@ _RETRIES = 1
 SOCKET_TIMEOUT_S = 30.0
 
 
-def sync_client(url: str | None) -> redis.Redis:
+def sync_client(url: str | None, **extra: Any) -> redis.Redis:
+    """``extra``: connection options such as ``ssl_ca_certs``."""
     return redis.Redis.from_url(
         url or DEFAULT_URL,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=5.0,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
         health_check_interval=30,
+        **extra,
     )
 
 

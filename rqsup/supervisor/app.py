@@ -76,7 +76,9 @@ class Supervisor:
         self.notifier = Notifier.from_env()
         self.lag = LagMonitor()
         self.restart_counts: Counter[str] = Counter()
-        self.tree = Tree(on_restart=lambda e: self.restart_counts.update([e.name]))
+        self.tree = Tree(on_restart=self._restarted)
+        #: The /metrics endpoint ([metrics] listen), or None.
+        self.exporter: Any = None
         self.workers: dict[str, Worker] = {}
         self.worker_runs: dict[str, asyncio.Task[None]] = {}
         #: Workers of queues removed or changed by a reload, draining.
@@ -91,6 +93,29 @@ class Supervisor:
         self.ctx: Any = None
         self.scheduler_loop: schedules.SchedulerLoop | None = None
         self.status = StatusReporter(self)
+        self.on_renew_latency: Any = None
+
+    def _restarted(self, e: Any) -> None:
+        self.restart_counts.update([e.name])
+        if self.exporter is not None:
+            self.exporter.metrics.task_restarts.labels(e.name).inc()
+
+    def _start_metrics(self, url: str) -> None:
+        """The /metrics endpoint, before the queues start (they report into it)."""
+        mc = self.config.metrics
+        if mc.listen is None:
+            return
+        from rqsup.observe.server import Exporter
+
+        self.exporter = Exporter(
+            mc.listen, url=url, prefix=self.config.redis.prefix,
+            queues=lambda: [q.name for q in self.config.queues],
+            queue_gauges=mc.queue_gauges, redis_options=self._tls(),
+            pools=lambda: [(n, w.pool) for n, w in self.workers.items() if w.pool is not None])
+        self.exporter.start()
+        m = self.exporter.metrics
+        self.lag.on_sample = m.loop_lag.observe
+        self.on_renew_latency = m.redis_latency.observe
 
     # -- signals: record an intent, nothing more ----------------------------------
 
@@ -183,13 +208,18 @@ class Supervisor:
         assert self.client is not None and self.identity is not None
         parts = SupervisorParts(worker_id=f"{self.identity.worker_id}.{self.generation}",
                                 forkserver=self.ctx, tree=self.tree)
-        return Worker.supervised(
+        w = Worker.supervised(
             parts, q.name, q.processor, connection=self.client, prefix=self.config.redis.prefix,
             mode=q.mode, concurrency=q.concurrency, lease_s=s.lease_s,
             renew_interval_s=s.renew_interval_s, stall_interval_s=s.stall_interval_s,
             max_stalled_count=s.max_stalled_count, block_timeout_s=s.block_timeout_s,
             job_defaults=q.defaults, sandbox=sandbox_settings(q.sandbox),
+            metrics=self.exporter.metrics if self.exporter is not None else None,
         )
+        if self.exporter is not None and w.pool is not None:
+            restarts = self.exporter.metrics.child_restarts
+            w.pool.on_retire = lambda reason, name=q.name: restarts.labels(name, reason).inc()
+        return w
 
     async def _apply_limits(self, q: QueueConfig) -> None:
         """Queue-wide limits from the config (a queue without them in the config
@@ -239,6 +269,7 @@ class Supervisor:
         cfg = self.config
         url = await self._redis_url()
         self.client = async_client(url, retries=0, **self._tls())
+        self._start_metrics(url)
         ttl = max(3 * cfg.supervisor.renew_interval_s, 5.0)
         self.identity = Identity(self.client, cfg.redis.prefix, cfg.supervisor.name, ttl)
         identity = self.identity
@@ -258,7 +289,8 @@ class Supervisor:
         timers = [
             t.start("loop lag", self.lag.run),
             t.start("lease renewer", lambda: maintenance.renew_forever(
-                self.all_workers, s.renew_interval_s, "lease renewer")),
+                self.all_workers, s.renew_interval_s, "lease renewer",
+                on_latency=self.on_renew_latency)),
             t.start("heartbeat", self.status.heartbeat_loop),
             t.start("status", self.status.status_loop),
         ]
@@ -402,6 +434,8 @@ class Supervisor:
         self.retiring[w] = asyncio.create_task(go())
 
     async def _cleanup(self) -> None:
+        if self.exporter is not None:
+            self.exporter.stop()
         if self.client is not None:
             if self.identity is not None:
                 with contextlib.suppress(*REDIS_ERRORS):

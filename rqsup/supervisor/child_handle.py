@@ -435,6 +435,16 @@ class ChildHandle:
         except psutil.Error:
             return 0
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the child so far; 0 once it is gone."""
+        try:
+            if self._ps is None:
+                self._ps = psutil.Process(self.pid)
+            t = self._ps.cpu_times()
+            return float(t.user + t.system + t.children_user + t.children_system)
+        except psutil.Error:
+            return 0.0
+
     def kill_tree(self) -> None:
         """SIGKILL the child and every descendant: its process group, and any
         process that left the group (setsid, a double fork) but is still its

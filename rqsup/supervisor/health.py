@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 
 from rqsup.supervisor.joblog import FIELDS
 
@@ -35,14 +36,19 @@ class LagMonitor:
     def __init__(self) -> None:
         self.samples: deque[float] = deque(maxlen=1200)
         self.last_tick = time.monotonic()
+        #: Also told each sample (seconds): the metrics' histogram.
+        self.on_sample: Callable[[float], None] | None = None
 
     async def run(self) -> None:
         while True:
             before = time.monotonic()
             await asyncio.sleep(LAG_TICK_S)
             now = time.monotonic()
-            self.samples.append(max(0.0, now - before - LAG_TICK_S))
+            lag = max(0.0, now - before - LAG_TICK_S)
+            self.samples.append(lag)
             self.last_tick = now
+            if self.on_sample is not None:
+                self.on_sample(lag)
 
     def p99_ms(self) -> float:
         if not self.samples:

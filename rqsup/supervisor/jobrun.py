@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from rqsup import backoff
 from rqsup.errors import EncodeError, MalformedJob, WaitingChildren, error_info
+from rqsup.observe.reasons import fail_reason
 from rqsup.queue import codec
 from rqsup.queue.options import JobOptions
 from rqsup.queue.record import JobRecord, fields_of
@@ -31,6 +32,7 @@ from rqsup.supervisor.pool import NotDispatched
 from rqsup.supervisor.processors import JobTimedOut, RawJSON
 
 if TYPE_CHECKING:
+    from rqsup.observe.metrics import QueueMetrics
     from rqsup.supervisor.worker import Worker
 
 log = logging.getLogger("rqsup.worker")
@@ -63,8 +65,42 @@ def start(w: Worker, job_id: str, token: str, fields: Any) -> None:
         fail(w, r, {"type": "MalformedJob", "message": str(exc), "stacktrace": "",
                     "control": "unrecoverable"})
         return
+    if w.metrics is not None:
+        observe_start(w.metrics, record)
     r.task = asyncio.create_task(execute(w, r), name=f"rqsup job {job_id}")
     r.task.add_done_callback(lambda t: _ended(w, r, t))
+
+
+def observe_start(qm: QueueMetrics, record: JobRecord) -> None:
+    """Metrics of a claim, from the hash it returned (no Redis call): the
+    wait of a first attempt, and whether this claim is a redelivery."""
+    raw = record.raw
+    started = raw.get("attempts_started")
+    if started == "1":
+        try:
+            ready = int(raw["timestamp"]) + int(raw.get("delay") or 0)
+            qm.wait.observe(max(0, int(raw["processed_on"]) - ready) / 1000)
+        except (KeyError, ValueError):
+            pass
+    redeliver = raw.get("redeliver")
+    if redeliver is not None and started is not None and redeliver.isdigit() \
+            and started.isdigit() and int(started) == int(redeliver) + 1:
+        qm.redelivered.inc()
+
+
+def observe_end(qm: QueueMetrics, r: Running, outcome: str | None) -> None:
+    """Metrics of an outcome Redis acknowledged."""
+    name = r.record.name
+    if outcome == "completed":
+        qm.completed(name)
+    elif outcome == "retry":
+        qm.retried(name)
+    elif outcome == "failed":
+        etype, message = r.error or ("Error", "")
+        qm.failed(name, fail_reason(etype, message))
+    else:
+        return
+    qm.run.observe(max(0.0, time.monotonic() - r.started))
 
 
 def _ended(w: Worker, r: Running, task: asyncio.Task[None]) -> None:

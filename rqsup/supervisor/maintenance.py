@@ -16,6 +16,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -65,14 +66,19 @@ def apply_renew_reply(w: Worker, reply: list[Any]) -> None:
             w.on_lease_lost(r, "at lease renewal")
 
 
-async def renew_all(workers: list[Worker], episode: Episode) -> bool:
+async def renew_all(workers: list[Worker], episode: Episode,
+                    on_latency: Callable[[float], None] | None = None) -> bool:
     """One pipelined round trip renews the leases of every worker given (the
-    supervisor's renewer: all queues, one call). False if Redis failed."""
+    supervisor's renewer: all queues, one call). False if Redis failed.
+    ``on_latency``: told the round trip's time (metrics)."""
     reqs = [(w, req) for w in workers if (req := renew_request(w)) is not None]
     if not reqs:
         return True
     try:
+        began = time.monotonic()
         replies = await workers[0].driver.execute_each([req for _w, req in reqs])
+        if on_latency is not None:
+            on_latency(time.monotonic() - began)
     except REDIS_ERRORS as exc:
         reraise_if_cancelling()
         episode.note(exc)
@@ -89,14 +95,15 @@ async def renew_all(workers: list[Worker], episode: Episode) -> bool:
     return ok
 
 
-async def renew_forever(workers: Any, interval_s: float, what: str) -> None:
+async def renew_forever(workers: Any, interval_s: float, what: str,
+                        on_latency: Callable[[float], None] | None = None) -> None:
     """Renew every ``interval_s``; after a failure, retry soon (with backoff)
     instead of a whole interval later. ``workers()`` lists the workers now."""
     episode = Episode(what, log, first_s=min(0.1, interval_s / 4), max_s=interval_s)
     delay = interval_s
     while True:
         await asyncio.sleep(delay)
-        if await renew_all(list(workers()), episode):
+        if await renew_all(list(workers()), episode, on_latency):
             delay = interval_s
         else:
             delay = min(episode.next_delay_s, interval_s)
@@ -123,6 +130,10 @@ async def sweep_stalled(w: Worker) -> None:
                 )
             )
             episode.ok()
+            if (requeued or failed) and w.metrics is not None:
+                w.metrics.stalled.inc(len(requeued) + len(failed))
+                for _ in failed:
+                    w.metrics.failed("", "stalled")
             if requeued and w.events.active:
                 for job_id in requeued:
                     w.events.emit("stalled", codec.text(job_id))

@@ -75,6 +75,16 @@ class SandboxSettings:
     limits: ChildLimits = field(default_factory=ChildLimits)
 
 
+def retire_reason(why: str) -> str:
+    """The bounded class of why a child was replaced (a metric label)."""
+    for word, reason in (("timed out", "timeout"), ("memory", "memory"),
+                         ("cancelled", "cancel"), ("lease lost", "lease"), ("crash", "crash"),
+                         ("died", "crash"), ("protocol", "crash"), ("shutdown", "shutdown")):
+        if word in why:
+            return reason
+    return "recycle"  # max_jobs_per_child, per-job isolation, idle, a reload
+
+
 def forkserver_context(preload: list[str]) -> Any:
     """The process-wide forkserver, preloading the processor modules (through
     rqsup.sandbox.preload, which survives a module that fails to import).
@@ -156,6 +166,10 @@ class ChildPool:
         #: Set by the worker's close: jobs still waiting for a child never start.
         self.draining = False
         self.started_children = 0
+        #: CPU seconds of the children already gone (metrics: a counter never drops).
+        self.retired_cpu_s = 0.0
+        #: Told the bounded reason class of each child replaced (metrics).
+        self.on_retire: Callable[[str], None] | None = None
         self.crashes = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._generation = 0
@@ -328,6 +342,9 @@ class ChildPool:
 
     def _retire(self, child: ChildHandle, why: str, *, kill: bool = False) -> None:
         """Stop a child in the background and boot its replacement."""
+        self.retired_cpu_s += child.cpu_seconds()
+        if self.on_retire is not None and not self.closing:
+            self.on_retire(retire_reason(why))
         log.info("queue %s: child #%d (pid %s) recycled: %s", self.queue, child.slot,
                  child.pid, why)
         if self.children[child.slot] is child:

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aredis
 
@@ -45,6 +45,9 @@ from rqsup.supervisor.processors import load_processor
 from rqsup.supervisor.pump import Pump
 from rqsup.supervisor.threads import ThreadRunner
 from rqsup.supervisor.tree import Supervised, Tree
+
+if TYPE_CHECKING:
+    from rqsup.observe.metrics import Metrics, QueueMetrics
 
 log = logging.getLogger("rqsup.worker")
 
@@ -108,6 +111,7 @@ class Worker:
         job_defaults: Mapping[str, Any] | None = None,
         sandbox: SandboxSettings | None = None,
         prefetch: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         parts = self._parts
         if mode not in MODES:
@@ -183,6 +187,9 @@ class Worker:
         self.started_at = time.time()
         self.running: dict[str, Running] = {}  # by token
         self.events = LocalEvents()
+        #: Prometheus job metrics of this queue (rqsup.observe), or None.
+        self.metrics: QueueMetrics | None = (metrics.for_queue(queue)
+                                             if metrics is not None else None)
         self.claiming = True
         self.renewals = 0
         self.processed = 0
@@ -410,6 +417,8 @@ class Worker:
         """Redis recorded (or refused) a job's outcome: free its slot."""
         self.running.pop(token, None)
         self.processed += 1
+        if self.metrics is not None and r is not None and code >= 0:
+            jobrun.observe_end(self.metrics, r, outcome)
         if self.events.active and r is not None and code >= 0:
             if outcome == "completed":
                 self.events.emit("completed", r.record, r.result)

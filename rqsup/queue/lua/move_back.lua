@@ -1,5 +1,5 @@
 --[[ move_back: a running job goes back to delayed or wait without spending
-an attempt (BullMQ's job.moveToDelayed + DelayedError, job.moveToWait +
+an attempt (attempts_made stays, attempts_started goes back by one) (BullMQ's job.moveToDelayed + DelayedError, job.moveToWait +
 WaitingError), fenced by its lease.
 KEYS: the standard queue keys (common.lua).
 ARGV: [1] id, [2] token, [3] due time (epoch ms; 0: wait now)
@@ -12,11 +12,12 @@ Events: delayed {id, delay} or waiting {id, prev=active}.
 --@include flow
 local id, token, due = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
-local held, worker = checked_lease(id, token, 'moved', now)
+local held, worker, started = checked_lease(id, token, 'moved', now, 'attempts_started')
 if held ~= 1 then return held end
 local jk = PREFIX .. id
 deactivate(id, worker)
-redis.call('HSET', jk, 'ended', 'moved')
+-- Not an attempt: attempts_started goes back, as for rate_limited.
+redis.call('HSET', jk, 'ended', 'moved', 'attempts_started', math.max(started - 1, 0))
 redis.call('HDEL', jk, 'processed_on')
 if due > now then
   redis.call('ZADD', k.delayed, due, id)

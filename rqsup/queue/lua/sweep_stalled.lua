@@ -65,6 +65,7 @@ for _, id in ipairs(expired) do
       finish_job(id, k.failed, now, keep_count, keep_age)
       failed[#failed + 1] = id
     else
+      mark_redelivery(jk)
       push_ready(id, job_priority(id), true)
       requeued[#requeued + 1] = id
     end

@@ -411,6 +411,14 @@ end
 -- Give back active job `id` of `worker` (close, crash, restart): to the front
 -- of the queue, its token void, or quarantined when damaged. True when it was
 -- requeued.
+-- A claim that did not end goes back to the queue (a stall, a kill, a
+-- give-back): the next claim is a redelivery. `redeliver` holds the
+-- attempts_started of the claim that did not end; the worker that claims
+-- next (attempts_started one more) counts it (rqsup_jobs_redelivered_total).
+local function mark_redelivery(jk)
+  redis.call('HSET', jk, 'redeliver', redis.call('HGET', jk, 'attempts_started') or '0')
+end
+
 local function give_back(id, worker, as_stall, now)
   local problem = job_problem(id)
   deactivate(id, worker)
@@ -421,6 +429,7 @@ local function give_back(id, worker, as_stall, now)
   local jk = PREFIX .. id
   redis.call('HDEL', jk, 'token')
   if as_stall then redis.call('HINCRBY', jk, 'stalled_count', 1) end
+  mark_redelivery(jk)
   push_ready(id, job_priority(id), true)
   emit('event', 'requeued', 'id', id, 'worker', worker)
   return true

@@ -1,0 +1,1 @@
+"""Seeing rqsup work: Prometheus metrics, per-minute history, traces."""
