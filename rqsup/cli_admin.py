@@ -101,10 +101,46 @@ def job_json(job: Job) -> dict[str, Any]:
             out[name] = getattr(job, name)
         except MalformedJob:
             out[name] = None
+    out["lease"] = job.lease
     problems = job.problems()
     if problems:
         out["problems"] = problems
     return out
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def show_job(info: dict[str, Any], stacktrace: str | None) -> None:
+    """``rqsup job``: one job for people."""
+    click.echo(f"job {info['id']} ({info['name'] or '?'}): {info['state']}, attempts made "
+               f"{info['attempts_made']}")
+    click.echo(f"  data: {json.dumps(info['data'], default=str)[:500]}")
+    for key in ("progress", "return_value"):
+        if info.get(key) is not None:
+            click.echo(f"  {key}: {json.dumps(info[key], default=str)[:500]}")
+    click.echo(f"  added {_when(info['timestamp_ms'])}, started {_when(info['processed_on_ms'])}"
+               f", finished {_when(info['finished_on_ms'])} (UTC)")
+    lease = info["lease"]
+    click.echo(f"  lease: worker {lease['worker'] or '-'}, pid {lease['holder_pid'] or '-'}, "
+               f"last renewed {_when(lease['renewed_at_ms'])}; stalled "
+               f"{lease['stalled_count']} time(s), last {_when(lease['stalled_at_ms'])}")
+    if info.get("failed_reason"):
+        click.echo(f"  error: {info['error_type']}: {info['failed_reason']}")
+        if stacktrace:
+            click.echo("  " + stacktrace.rstrip().replace("\n", "\n  "))
+    logs = info["logs"]
+    if logs["count"]:
+        click.echo(f"  logs ({logs['count']}):")
+        for line in logs["logs"]:
+            click.echo(f"    {line}")
+    for problem in info.get("problems", []):
+        click.echo(f"  BROKEN: {problem}")
 
 
 def _heartbeats(q: Queue, prefix: str) -> list[dict[str, Any]]:
@@ -208,6 +244,28 @@ def register(main: click.Group) -> None:
                 click.echo(f"{j.id}\t{info['name'] or '?'}\tattempts "
                            f"{info['attempts_made'] if info['attempts_made'] is not None else '?'}"
                            f"{extra}{broken}")
+
+    @main.command()
+    @click.argument("queue")
+    @click.argument("job_id")
+    @target_options
+    @click.option("--json", "as_json", is_flag=True)
+    def job(queue: str, job_id: str, config: Path | None, url: str | None,
+            prefix: str | None, as_json: bool) -> None:
+        """Show one job of QUEUE: its state, data, options, progress, logs,
+        result or error, and who held its lease (stall forensics)."""
+        url_, prefix_, _ = _target(config, url, prefix)
+        with opened(queue, url_, prefix_) as q:
+            found = q.get_job(job_id)
+            if found is None:
+                click.echo(f"rqsup: no job {job_id!r} in queue {queue!r}", err=True)
+                sys.exit(1)
+            info = {**job_json(found), "state": q.get_job_state(job_id),
+                    "logs": q.get_job_logs(job_id, 0, 99)}
+            if as_json:
+                click.echo(json.dumps(info, default=str))
+                return
+            show_job(info, found.stacktrace)
 
     @main.command()
     @click.argument("queue")

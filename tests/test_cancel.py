@@ -189,12 +189,12 @@ def test_renewal_reports_a_cancel_for_the_attempt_that_holds_it(redis_url: str) 
     job = q.add("x")
     reply = q._driver.execute(q.core.script("claim", 1, "w1", 30_000))
     token = reply[1][1].decode()
-    assert q._driver.execute(q.core.script("renew", 30_000, job.id, token)) == [[], []]
+    assert q._driver.execute(q.core.script("renew", 30_000, job.id, token, "")) == [[], []]
     assert q.cancel(job.id, "late") == "signalled"
-    lost, cancelled = q._driver.execute(q.core.script("renew", 30_000, job.id, token))
+    lost, cancelled = q._driver.execute(q.core.script("renew", 30_000, job.id, token, ""))
     assert lost == [] and cancelled == [token.encode(), b"late"]
     # A later attempt (another token) is not cancelled by it.
-    assert q._driver.execute(q.core.script("renew", 30_000, job.id, "999")) == [
+    assert q._driver.execute(q.core.script("renew", 30_000, job.id, "999", "")) == [
         [b"999"], []]
 
 

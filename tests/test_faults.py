@@ -43,7 +43,7 @@ def test_a_stale_token_cannot_complete_fail_renew_or_report(redis_url: str) -> N
     assert codes == [Code.LEASE_LOST]
     assert script(q, "fail", 1, job.id, token_a, "late", "E", "", 0, -1, -1, "") == [
         Code.LEASE_LOST]
-    assert script(q, "renew", 1000, job.id, token_a) == [[job.id.encode()], []]
+    assert script(q, "renew", 1000, job.id, token_a, "") == [[job.id.encode()], []]
     assert script(q, "progress", job.id, token_a, "50") == Code.LEASE_LOST
     assert job.state() == "active"
     # And B's writes go through; a repeat of B's completion is harmless

@@ -380,7 +380,7 @@ class JobStateMachine(RuleBasedStateMachine):
                 pairs.append((job_id, self.jobs[job_id].token or ""))
         if data.draw(st.booleans(), label="add a stale pair"):
             pairs.append(self.stale_target(data))
-        args = [x for pair in pairs for x in pair]
+        args = [x for pair in pairs for x in (*pair, "4242")]
         lost = [codec.text(i) for i in self.run("renew", LEASE_MS, *args)[0]]
         expected = [t for i, t in pairs if self.check_lease(i, t) != 1]  # tokens, not ids
         assert lost == expected

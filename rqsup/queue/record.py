@@ -184,6 +184,19 @@ class JobRecord:
         return self.raw.get("worker") or None
 
     @property
+    def lease(self) -> dict[str, Any]:
+        """Stall forensics: who held the latest lease (worker id, the pid that
+        ran the job as of the last renewal), when it started and was last
+        renewed, and how many times and when the job stalled. Times in ms."""
+        def num(field: str) -> int | None:
+            value = self.raw.get(field)
+            return int(value) if value and value.isdigit() else None
+
+        return {"worker": self.raw.get("worker") or None, "holder_pid": num("holder_pid"),
+                "started_at_ms": num("processed_on"), "renewed_at_ms": num("renewed_at"),
+                "stalled_count": num("stalled_count") or 0, "stalled_at_ms": num("stalled_at")}
+
+    @property
     def dedup_id(self) -> str | None:
         """The deduplication id the job was added with, if any."""
         if self.raw.get("dedup_id"):

@@ -45,11 +45,15 @@ SWEEP_LIMIT = 1000
 
 def renew_request(w: Worker) -> Script | None:
     """The renew call for every lease ``w`` holds (None: it holds none)."""
-    pairs: list[Any] = []
+    args: list[Any] = []
+    pids = w.pool.pids() if w.pool is not None else None
+    me = os.getpid()
     for r in list(w.running.values()):
         if not r.lost:
-            pairs += [r.id, r.token]
-    return w.core.script("renew", w.lease_ms, *pairs) if pairs else None
+            # Who runs it (stall forensics): its child, or this process.
+            pid = (pids.get(r.id, "") if pids is not None else me)
+            args += [r.id, r.token, pid]
+    return w.core.script("renew", w.lease_ms, *args) if args else None
 
 
 def apply_renew_reply(w: Worker, reply: list[Any]) -> None:

@@ -109,7 +109,7 @@ class ManualJob(JobRecord):
             raise InvalidOption(f"extend_lock duration must be seconds > 0, got {duration!r}")
         w = self.worker
         lost, _cancelled = await w.driver.execute(w.core.script(
-            "renew", round(duration * 1000), self.id, self.lease_token))
+            "renew", round(duration * 1000), self.id, self.lease_token, ""))
         if lost:
             raise LeaseLost(self.id)
 

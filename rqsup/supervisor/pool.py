@@ -280,6 +280,11 @@ class ChildPool:
                     self._waiters.remove(entry)
             raise
 
+    def pids(self) -> dict[str, int]:
+        """The child pid running each job (renewals record it: stall forensics)."""
+        return {c.job_id: c.pid for c in self.children
+                if c is not None and c.job_id is not None}
+
     def cancel(self, job_id: str, reason: str) -> bool:
         """Tell the child running ``job_id`` that it is cancelled."""
         return any(c is not None and c.cancel(job_id, reason) for c in self.children)

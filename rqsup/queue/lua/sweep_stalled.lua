@@ -10,7 +10,10 @@ ARGV: [1] interval_ms (0: sweep regardless of the stall-check key),
       [4] at most this many jobs per call,
       [5] keep_count, [6] keep_age_ms (retention of failed jobs)
 Returns: {swept (0/1), requeued ids, failed ids}
-Events: stalled {id, count, worker}; failed {id, reason, ...} past the limits
+Stall forensics: the job keeps stalled_at (ms); the stalled event carries
+  who held it (worker, holder_pid) and when it was last renewed and started.
+Events: stalled {id, count, worker, holder_pid, renewed_at, started_at};
+        failed {id, reason, ...} past the limits
         (and, for a flow child, what fail.lua emits for its parent); a
         damaged job is quarantined (common.lua).
 ]]
@@ -39,7 +42,10 @@ for _, id in ipairs(expired) do
   else
     redis.call('HDEL', jk, 'token')
     local stc = redis.call('HINCRBY', jk, 'stalled_count', 1)
-    emit('event', 'stalled', 'id', id, 'count', stc, 'worker', worker or '')
+    redis.call('HSET', jk, 'stalled_at', now)
+    local seen = jmget(jk, 'renewed_at', 'holder_pid', 'processed_on') or {}
+    emit('event', 'stalled', 'id', id, 'count', stc, 'worker', worker or '',
+      'holder_pid', seen[2] or '', 'renewed_at', seen[1] or '', 'started_at', seen[3] or '')
     local reason = nil
     if stc > max_stalled then
       reason = 'job stalled ' .. stc .. ' times (max_stalled_count=' .. max_stalled ..
