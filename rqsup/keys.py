@@ -43,6 +43,7 @@ KEY_PREFIXES = (
     "dedup:",  # STRING per dedup id: the id of the job that holds it
     "worker-jobs:",  # SET per worker: the ids it holds active
     "dedup-next:",  # STRING per dedup id: the add kept for after the active job (keep_last)
+    "history:",  # HASH per minute: completed/failed counts, wait/run buckets (history.lua)
 )
 
 #: Ids set aside in ``malformed`` at most (the oldest go first).
@@ -189,6 +190,10 @@ class QueueKeys:
     def dedup(self, dedup_id: str) -> str:
         """A deduplication key (STRING: the id of the job that holds it)."""
         return f"{self.base}:dedup:{dedup_id}"
+
+    def history(self, minute: int) -> str:
+        """One minute of the queue's history (HASH, includes/history.lua)."""
+        return f"{self.base}:history:{minute}"
 
     def dedup_next(self, dedup_id: str) -> str:
         """The add kept by ``keep_last_if_active`` (STRING, JSON of add.lua's

@@ -434,3 +434,36 @@ def test_async_twins_of_the_new_getters_and_actions(redis_url: str) -> None:
         await q.close()
 
     asyncio.run(main())
+
+
+# -- per-minute history (issue 11) --------------------------------------------------------
+
+
+def test_history_counts_and_buckets_per_minute(redis_url: str) -> None:
+    q = Queue("hist", redis_url)
+    for i in range(4):
+        q.add("x", i, attempts=1, remove_on_fail=False)
+    grants = claim(q)
+    for jid, tok in grants[:3]:
+        q._driver.execute(q.core.script("complete", 1, 0, "w1", 30_000, jid, tok, '"ok"',
+                                        -1, -1))
+    fail(q, *grants[3])
+    done = q.get_metrics("completed", 0, 0)
+    assert done["data"] == [3] and done["count"] == 3 and len(done["minutes"]) == 1
+    assert q.get_metrics("failed", 0, 0)["count"] == 1
+    run = q.get_metrics("run", 0, 0)
+    assert run["count"] == 4 and run["data"][0]["<=10ms"] + run["data"][0]["<=100ms"] == 4
+    assert q.get_metrics("wait", 0, 0)["count"] == 4
+    week = q.get_metrics("completed")
+    assert len(week["data"]) == 7 * 1440 and week["count"] == 3
+    [key] = q.client.keys(q.core.keys.history(done["minutes"][0]))
+    assert 7 * 86_400 <= q.client.ttl(key) <= 7 * 86_400 + 60  # bounded: it expires
+    q.set_history(0)  # off: nothing more is written
+    q.add("y")
+    [(jid, tok)] = claim(q)
+    q._driver.execute(q.core.script("complete", 1, 0, "w1", 30_000, jid, tok, '"ok"', -1, -1))
+    assert q.get_metrics("completed", 0, 0)["count"] == 3
+    with pytest.raises(InvalidOption, match="kind must be"):
+        q.get_metrics("done")
+    with pytest.raises(InvalidOption, match="range"):
+        q.get_metrics("run", 5, 2)

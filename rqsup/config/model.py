@@ -97,6 +97,8 @@ class MetricsConfig:
     #: Export the queues' gauges here too (off when ``rqsup metrics`` serves
     #: them for every queue, so they are not exported once per supervisor).
     queue_gauges: bool = True
+    #: How long each queue keeps its per-minute history in Redis (0: none).
+    history_s: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     supervisor = _supervisor(top.table("supervisor", _SUPERVISOR_KEYS), base_dir)
     queues = _queues(top, problems)
     schedulers = parse_schedulers(top, problems, job_option_seconds)
-    metrics = _metrics(top.table("metrics", ("listen", "queue_gauges")))
+    metrics = _metrics(top.table("metrics", ("listen", "queue_gauges", "history")))
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(path=path.resolve(), redis=redis_cfg, supervisor=supervisor, queues=queues,
@@ -246,7 +248,8 @@ def _listen(value: Any) -> str:
 
 def _metrics(t: Table) -> MetricsConfig:
     return MetricsConfig(listen=t.get("listen", _listen, None),
-                         queue_gauges=t.get("queue_gauges", boolean, True))
+                         queue_gauges=t.get("queue_gauges", boolean, True),
+                         history_s=t.get("history", duration(max_s=366 * DAY), 7 * DAY))
 
 
 def redact_url(url: str) -> str:

@@ -195,6 +195,12 @@ class AsyncQueue:
     async def remove(self, job_id: str) -> None:
         await self._driver.drive(self.core.op_remove(job_id))
 
+    async def get_metrics(self, kind: str, start: int = 0, end: int = -1) -> dict[str, Any]:
+        return await self._driver.drive(self.core.op_metrics(kind, start, end))
+
+    async def set_history(self, seconds: float) -> None:
+        await self._driver.drive(self.core.op_set_history(seconds))
+
     async def counts(self) -> dict[str, int]:
         return await self._driver.drive(self.core.op_counts())
 

@@ -15,6 +15,7 @@ from rqsup.queue import codec
 from rqsup.queue import options as options_mod
 from rqsup.queue.core_admin import FINISHED_STATES, STATES, AdminOps
 from rqsup.queue.deps import DepsOps
+from rqsup.queue.history import HistoryOps
 from rqsup.queue.reads import ReadOps
 from rqsup.queue.record import JobRecord, fields_of
 from rqsup.queue.scripts import Batch, Command, Op, Script
@@ -90,7 +91,7 @@ class AddSpec:
         return raw
 
 
-class QueueCore(AdminOps, DepsOps, ReadOps):
+class QueueCore(AdminOps, DepsOps, ReadOps, HistoryOps):
     """Names, keys and operations of one queue; no I/O of its own (the
     queue-wide admin and one-job operations are in core_admin.py, a
     parent's dependencies in deps.py, BullMQ's other getters in reads.py)."""

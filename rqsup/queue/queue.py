@@ -232,6 +232,15 @@ class Queue:
         """Remove a job that is not running (and its pending children)."""
         self._driver.drive(self.core.op_remove(job_id))
 
+    def get_metrics(self, kind: str, start: int = 0, end: int = -1) -> dict[str, Any]:
+        """Per-minute history (BullMQ's getMetrics): kind completed, failed,
+        wait or run; minutes back from now, newest first (rqsup.queue.history)."""
+        return self._driver.drive(self.core.op_metrics(kind, start, end))
+
+    def set_history(self, seconds: float) -> None:
+        """Keep per-minute history this long (default 7 days; 0: off)."""
+        self._driver.drive(self.core.op_set_history(seconds))
+
     def counts(self) -> dict[str, int]:
         return self._driver.drive(self.core.op_counts())
 

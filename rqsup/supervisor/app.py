@@ -223,11 +223,12 @@ class Supervisor:
 
     async def _apply_limits(self, q: QueueConfig) -> None:
         """Queue-wide limits from the config (a queue without them in the config
-        keeps whatever was set through the API)."""
-        if q.rate_limit_max is None and q.global_concurrency is None:
-            return
+        keeps whatever was set through the API), and its history time."""
         assert self.client is not None
         core = QueueCore(q.name, self.config.redis.prefix)
+        await AsyncDriver(self.client).drive(core.op_set_history(self.config.metrics.history_s))
+        if q.rate_limit_max is None and q.global_concurrency is None:
+            return
         limits = await AsyncDriver(self.client).drive(core.op_limits(
             max_jobs=q.rate_limit_max, duration_s=q.rate_limit_duration_s,
             concurrency=q.global_concurrency))

@@ -17,6 +17,7 @@ Events: completed {id, returnvalue}; plus claim's events. Flows (flow.lua): a
 --@include common
 --@include claim
 --@include flow
+--@include history
 local now = now_ms()
 local c = tonumber(ARGV[1])
 local codes = {}
@@ -29,6 +30,7 @@ for i = 0, c - 1 do
     redis.call('HSET', PREFIX .. id, 'returnvalue', ARGV[b + 2], 'finished_on', now,
       'ended', 'completed', 'attempts_made', made + 1)
     emit('event', 'completed', 'id', id, 'returnvalue', ARGV[b + 2])
+    history_record('c', PREFIX .. id, now)
     flow_completed(id, ARGV[b + 2])  -- a parent waiting for it (flows)
     finish_job(id, k.completed, now, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]))
     codes[#codes + 1] = 0
@@ -38,6 +40,7 @@ for i = 0, c - 1 do
     codes[#codes + 1] = held
   end
 end
+history_flush(now)
 local claimed = claim_jobs(tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), now,
   tonumber(ARGV[5 + c * 5]) or 0)
 if c > 0 then wake_if_capped() end

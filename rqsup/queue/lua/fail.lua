@@ -21,6 +21,7 @@ Events: retrying {id, attempts_made, delay, reason} or
 --@include common
 --@include claim
 --@include flow
+--@include history
 local now = now_ms()
 local f = tonumber(ARGV[1])
 local codes = {}
@@ -51,6 +52,7 @@ for i = 0, f - 1 do
       redis.call('HSET', jk, 'finished_on', now)
       emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', etype,
         'stacktrace', stack, 'attempts_made', made)
+      history_record('f', jk, now)
       on_fail_job(id, reason, now)  -- a parent waiting for it (flows)
       finish_job(id, k.failed, now, tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7]))
       codes[#codes + 1] = 3
@@ -59,5 +61,6 @@ for i = 0, f - 1 do
     codes[#codes + 1] = held
   end
 end
+history_flush(now)
 if f > 0 then wake_if_capped() end
 return codes

@@ -1,0 +1,47 @@
+-- Per-minute history of a queue (docs/redis-schema.md, "History"): one hash
+-- per minute, <base>:history:<minute> (epoch minutes), fields c (completed),
+-- f (failed for good), w0..w6 and r0..r6 (wait and run time buckets: up to
+-- 10 ms, 100 ms, 1 s, 10 s, 1 min, 10 min, longer). Each key expires after
+-- the queue's history time (meta history_s, default 7 days; 0: off), so
+-- memory is bounded without trimming. Scripts record each job in a Lua
+-- table and write once per call (history_flush).
+-- Included after common.
+local HISTORY_S = tonumber(redis.call('HGET', k.meta, 'history_s') or '604800') or 604800
+local HISTORY = {}
+local HIST_EDGES = {10, 100, 1000, 10000, 60000, 600000}
+
+local function hist_bucket(ms)
+  for i, edge in ipairs(HIST_EDGES) do
+    if ms <= edge then return i - 1 end
+  end
+  return #HIST_EDGES
+end
+
+local function hist_add(field, n)
+  HISTORY[field] = (HISTORY[field] or 0) + n
+end
+
+-- Job key `jk` ended now: 'c' completed or 'f' failed for good. Its wait (a
+-- first attempt: from ready to started) and run (started to now) go in buckets.
+local function history_record(kind, jk, now)
+  if HISTORY_S <= 0 then return end
+  hist_add(kind, 1)
+  local f = redis.call('HMGET', jk, 'processed_on', 'timestamp', 'delay', 'attempts_started')
+  local started = tonumber(f[1])
+  if not started then return end
+  hist_add('r' .. hist_bucket(now - started), 1)
+  if f[4] == '1' and tonumber(f[2]) then
+    local ready = tonumber(f[2]) + (tonumber(f[3]) or 0)
+    hist_add('w' .. hist_bucket(math.max(started - ready, 0)), 1)
+  end
+end
+
+local function history_flush(now)
+  if HISTORY_S <= 0 or next(HISTORY) == nil then return end
+  local key = P.history .. math.floor(now / 60000)
+  for field, n in pairs(HISTORY) do
+    redis.call('HINCRBY', key, field, n)
+  end
+  redis.call('EXPIRE', key, HISTORY_S + 60, 'NX')
+  HISTORY = {}
+end
