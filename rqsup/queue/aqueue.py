@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from rqsup.errors import InvalidOption, JobNotFound
-from rqsup.queue import codec
+from rqsup.queue import codec, tracehook
 from rqsup.queue import schedulers as sched
 from rqsup.queue.ajob import AsyncJob
 from rqsup.queue.connection import async_client
@@ -72,7 +72,13 @@ class AsyncQueue:
         if options.get("parent") is not None:
             return await self._add_to_parent(name, data, options)
         spec = self.core.spec(name, data, options)
-        [added] = await self._driver.drive(self.core.op_add_jobs([spec]))
+        tracing = tracehook.tracing()
+        if tracing is not None:
+            with tracing.producing(self.core.name, name) as tp:
+                spec.traced(tp)
+                [added] = await self._driver.drive(self.core.op_add_jobs([spec]))
+        else:
+            [added] = await self._driver.drive(self.core.op_add_jobs([spec]))
         return self._job_from_added(added)
 
     async def _add_to_parent(self, name: str, data: Any, options: dict[str, Any]) -> AsyncJob:
@@ -87,7 +93,14 @@ class AsyncQueue:
 
     async def add_bulk(self, jobs: Iterable[Any]) -> list[AsyncJob]:
         specs = self.core.specs_from_bulk(jobs)
-        added = await self._driver.drive(self.core.op_add_jobs(specs))
+        tracing = tracehook.tracing()
+        if tracing is not None and specs:
+            with tracing.producing(self.core.name, specs[0].name, len(specs)) as tp:
+                for spec in specs:
+                    spec.traced(tp)
+                added = await self._driver.drive(self.core.op_add_jobs(specs))
+        else:
+            added = await self._driver.drive(self.core.op_add_jobs(specs))
         return [self._job_from_added(a) for a in added]
 
     def _job_from_added(self, added: Added) -> AsyncJob:

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from rqsup.errors import EncodeError, InvalidOption, JobNotFound
 from rqsup.keys import KEY_PREFIXES, QUEUE_SUFFIXES, QueueKeys
-from rqsup.queue import codec
+from rqsup.queue import codec, tracehook
 from rqsup.queue import options as options_mod
 from rqsup.queue.core_admin import FINISHED_STATES, STATES, AdminOps
 from rqsup.queue.deps import DepsOps
@@ -79,6 +79,12 @@ class AddSpec:
         self.name = name
         self.args = (shared[0], name, codec.encode_data(data, f"data of job {name!r}", max_data),
                      *shared[1:])
+
+    def traced(self, traceparent: str | None) -> None:
+        """Store the producer's trace context in the job (optional tracing)."""
+        if traceparent:
+            a = self.args
+            self.args = (*a[:3], tracehook.with_trace(a[3], traceparent), *a[4:])
 
     def stored(self, timestamp_ms: int) -> dict[str, str]:
         """The hash add.lua writes for this job (it returns only the timestamp)."""

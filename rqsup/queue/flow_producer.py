@@ -11,10 +11,17 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from rqsup.queue import codec
+from rqsup.queue import codec, tracehook
 from rqsup.queue.connection import async_client, sync_client
 from rqsup.queue.drivers import AsyncDriver, SyncDriver
 from rqsup.queue.flows import FlowCore, FlowJob, _is_cluster
+
+
+def _root(tree: Any) -> tuple[str, str]:
+    """The queue and name of a flow's root, for its producer span."""
+    if isinstance(tree, dict):
+        return str(tree.get("queue") or "?"), str(tree.get("name") or "?")
+    return "?", "?"
 
 
 class FlowProducer:
@@ -55,7 +62,11 @@ class FlowProducer:
         "ignore", "remove" or "continue" (see rqsup.queue.flows). An
         existing custom id of the root: nothing is added (``duplicated``);
         of another job: InvalidOption."""
-        return self._driver.drive(self.core.op_add(tree))
+        tracing = tracehook.tracing()
+        if tracing is None:
+            return self._driver.drive(self.core.op_add(tree))
+        with tracing.producing(*_root(tree)):
+            return self._driver.drive(self.core.op_add(tree))
 
     def add_bulk(self, trees: list[Any]) -> list[FlowJob]:
         """Add several flows atomically (one script call): all or none."""
@@ -94,7 +105,11 @@ class AsyncFlowProducer:
         await self.close()
 
     async def add(self, tree: Any) -> FlowJob:
-        return await self._driver.drive(self.core.op_add(tree))
+        tracing = tracehook.tracing()
+        if tracing is None:
+            return await self._driver.drive(self.core.op_add(tree))
+        with tracing.producing(*_root(tree)):
+            return await self._driver.drive(self.core.op_add(tree))
 
     async def add_bulk(self, trees: list[Any]) -> list[FlowJob]:
         return await self._driver.drive(self.core.op_add_bulk(trees))

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from rqsup.errors import EncodeError, InvalidOption, JobNotFound, raise_for_code
 from rqsup.keys import hash_tag, job_ref, validate_name, validate_prefix
-from rqsup.queue import codec
+from rqsup.queue import codec, tracehook
 from rqsup.queue import options as options_mod
 from rqsup.queue.core import QueueCore
 from rqsup.queue.record import fields_of
@@ -188,8 +188,13 @@ class FlowCore:
         values = (built[0], name, data, *built[1:], parent, policy, 1 if children else 0)
         return _Spec(queue, built[0], name, path, parent, values), list(children), queue
 
-    def encode(self, specs: list[_Spec]) -> list[Any]:
-        """ARGV of add_flow.lua (and of add_children.lua after its own three)."""
+    def encode(self, specs: list[_Spec], traceparent: str | None = None) -> list[Any]:
+        """ARGV of add_flow.lua (and of add_children.lua after its own three).
+        ``traceparent``: the trace context to store in every job (tracing);
+        by default the current span's, when tracing is on."""
+        if traceparent is None:
+            tracing = tracehook.tracing()
+            traceparent = tracing.traceparent() if tracing is not None else None
         queues: dict[str, int] = {}
         for s in specs:
             queues.setdefault(s.queue, len(queues) + 1)
@@ -203,15 +208,20 @@ class FlowCore:
                            len(specs)]
         for s in specs:
             args.append(queues[s.queue])
-            args.extend(s.values)
+            if traceparent:
+                v = s.values
+                args.extend((*v[:3], tracehook.with_trace(v[3], traceparent), *v[4:]))
+            else:
+                args.extend(s.values)
         return args
 
-    def children_args(self, queue: str, children: Any) -> list[Any]:
+    def children_args(self, queue: str, children: Any,
+                      traceparent: str | None = None) -> list[Any]:
         """Validate and encode children for add_children.lua (a step job)."""
         if not isinstance(children, list | tuple) or not children:
             raise InvalidOption(
                 f"add_children needs a non-empty list of jobs, got {children!r:.60}")
-        return self.encode(self.flatten(list(children), queue, True))
+        return self.encode(self.flatten(list(children), queue, True), traceparent)
 
     # -- operations -------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from rqsup.errors import InvalidOption, JobNotFound
-from rqsup.queue import codec
+from rqsup.queue import codec, tracehook
 from rqsup.queue import schedulers as sched
 from rqsup.queue.connection import sync_client
 from rqsup.queue.core import Added, QueueCore
@@ -83,7 +83,13 @@ class Queue:
         if options.get("parent") is not None:
             return self._add_to_parent(name, data, options)
         spec = self.core.spec(name, data, options)
-        [added] = self._driver.drive(self.core.op_add_jobs([spec]))
+        tracing = tracehook.tracing()
+        if tracing is not None:
+            with tracing.producing(self.core.name, name) as tp:
+                spec.traced(tp)
+                [added] = self._driver.drive(self.core.op_add_jobs([spec]))
+        else:
+            [added] = self._driver.drive(self.core.op_add_jobs([spec]))
         return self._job_from_added(added)
 
     def _add_to_parent(self, name: str, data: Any, options: dict[str, Any]) -> Job:
@@ -100,7 +106,14 @@ class Queue:
     def add_bulk(self, jobs: Iterable[Any]) -> list[Job]:
         """Add many jobs in few round trips: ``[{"name", "data", "opts"}]`` or tuples."""
         specs = self.core.specs_from_bulk(jobs)
-        added = self._driver.drive(self.core.op_add_jobs(specs))
+        tracing = tracehook.tracing()
+        if tracing is not None and specs:
+            with tracing.producing(self.core.name, specs[0].name, len(specs)) as tp:
+                for spec in specs:
+                    spec.traced(tp)
+                added = self._driver.drive(self.core.op_add_jobs(specs))
+        else:
+            added = self._driver.drive(self.core.op_add_jobs(specs))
         return [self._job_from_added(a) for a in added]
 
     def _job_from_added(self, added: Added) -> Job:

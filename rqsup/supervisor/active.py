@@ -77,6 +77,8 @@ class Running:
     job: ActiveJob | None = None
     #: The return value, kept for a worker.on("completed") callback only.
     result: Any = None
+    #: The run's CONSUMER span (tracing on), else None.
+    span: Any = None
 
     @property
     def id(self) -> str:

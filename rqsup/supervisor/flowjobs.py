@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rqsup.errors import EncodeError, InvalidOption
 from rqsup.keys import job_ref
-from rqsup.queue import codec
+from rqsup.queue import codec, tracehook
 from rqsup.queue.connection import REDIS_ERRORS, reraise_if_cancelling
 from rqsup.queue.flows import FlowCore
 from rqsup.queue.record import fields_of
@@ -76,13 +76,21 @@ def _send(w: Worker, r: Running, args: list[Any]) -> None:
                  w.core.script("add_children", r.id, r.token, r.children_calls, *args))
 
 
+def _run_context(r: Running) -> str | None:
+    """The trace context of the parent's run (tracing on): its children link to it."""
+    if r.span is None:
+        return None
+    tracing = tracehook.tracing()
+    return tracing.traceparent(r.span) if tracing is not None else None
+
+
 def spawner(w: Worker, r: Running) -> Callable[[Any], None]:
     """``ActiveJob.add_children``: validate in the caller (errors raise in the
     processor), then queue the fenced write (from a thread: via the loop)."""
     loop = asyncio.get_running_loop()
 
     def spawn(children: Any) -> None:
-        args = _flows(w).children_args(w.queue_name, children)
+        args = _flows(w).children_args(w.queue_name, children, _run_context(r))
         if w.mode == "async":
             _send(w, r, args)
         else:
@@ -97,7 +105,7 @@ def on_children_message(w: Worker, r: Running, payload: str) -> None:
     if r.lost or r.finished or r.children_error:
         return
     try:
-        args = _flows(w).children_args(w.queue_name, codec.decode(payload))
+        args = _flows(w).children_args(w.queue_name, codec.decode(payload), _run_context(r))
     except (InvalidOption, EncodeError, ValueError) as exc:
         r.children_error = f"add_children: {exc}"
         return

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rqsup import backoff
 from rqsup.errors import EncodeError, MalformedJob, WaitingChildren, error_info
 from rqsup.observe.reasons import fail_reason
-from rqsup.queue import codec
+from rqsup.queue import codec, tracehook
 from rqsup.queue.options import JobOptions
 from rqsup.queue.record import JobRecord, fields_of
 from rqsup.sandbox.protocol import job_frame
@@ -67,7 +67,9 @@ def start(w: Worker, job_id: str, token: str, fields: Any) -> None:
         return
     if w.metrics is not None:
         observe_start(w.metrics, record)
-    r.task = asyncio.create_task(execute(w, r), name=f"rqsup job {job_id}")
+    tracing = tracehook.tracing()
+    coro = execute(w, r) if tracing is None else traced_execute(w, r, tracing)
+    r.task = asyncio.create_task(coro, name=f"rqsup job {job_id}")
     r.task.add_done_callback(lambda t: _ended(w, r, t))
 
 
@@ -143,6 +145,16 @@ def _sink(w: Worker, r: Running) -> Callable[[str, str], None]:
         loop.call_soon_threadsafe(sink, kind, payload)
 
     return from_thread
+
+
+async def traced_execute(w: Worker, r: Running, tracing: Any) -> None:
+    """:func:`execute` inside a CONSUMER span linked to the job's add (tracing on)."""
+    opts = r.record._json("opts") or {}
+    stored = opts.get("trace") if isinstance(opts, dict) else None
+    with tracing.consuming(w.queue_name, r.record.name, r.id, r.attempt,
+                           stored if isinstance(stored, str) else None) as span:
+        r.span = span
+        await execute(w, r)
 
 
 async def execute(w: Worker, r: Running) -> None:
@@ -275,6 +287,10 @@ def fail(w: Worker, r: Running, info: dict[str, Any]) -> None:
         return
     message = str(info.get("message") or info.get("type") or "error")
     etype = str(info.get("type") or "Error")
+    if r.span is not None:
+        tracing = tracehook.tracing()
+        if tracing is not None:
+            tracing.failed(r.span, etype, message)
     delay_ms = -1
     if control != "unrecoverable" and r.attempt < r.attempts:
         try:
