@@ -7,7 +7,11 @@ import sys
 
 
 def loaded_after(statement: str) -> set[str]:
-    code = f"import sys; {statement}; print('\\n'.join(sorted(sys.modules)))"
+    # As installed without the otel extra: redis-py 8 imports the OpenTelemetry
+    # SDK by itself when it is there (its own observability), and the SDK
+    # loads psutil; rqsup's tracing is looked up only when a provider is set.
+    hide = "sys.modules['opentelemetry'] = None"
+    code = f"import sys; {hide}; {statement}; print('\\n'.join(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return set(out.stdout.split())
 
