@@ -24,13 +24,14 @@ local codes = {}
 for i = 0, c - 1 do
   local b = 5 + i * 5
   local id, token = ARGV[b], ARGV[b + 1]
-  local held, worker, made = checked_lease(id, token, 'completed', now, 'attempts_made')
+  local held, worker, made, seen = checked_lease(id, token, 'completed', now, 'attempts_made',
+    HIST_FIELDS)
   if held == 1 then
     deactivate(id, worker)
     redis.call('HSET', PREFIX .. id, 'returnvalue', ARGV[b + 2], 'finished_on', now,
       'ended', 'completed', 'attempts_made', made + 1)
     emit('event', 'completed', 'id', id, 'returnvalue', ARGV[b + 2])
-    history_record('c', PREFIX .. id, now)
+    history_record('c', seen, now)
     flow_completed(id, ARGV[b + 2])  -- a parent waiting for it (flows)
     finish_job(id, k.completed, now, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]))
     codes[#codes + 1] = 0

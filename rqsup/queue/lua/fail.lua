@@ -30,7 +30,8 @@ for i = 0, f - 1 do
   local id, token = ARGV[b], ARGV[b + 1]
   local reason, etype, stack = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   local delay = tonumber(ARGV[b + 5])
-  local held, worker, made = checked_lease(id, token, 'failed', now, 'attempts_made')
+  local held, worker, made, seen = checked_lease(id, token, 'failed', now, 'attempts_made',
+    HIST_FIELDS)
   if held == 1 then
     local jk = PREFIX .. id
     deactivate(id, worker)
@@ -52,7 +53,7 @@ for i = 0, f - 1 do
       redis.call('HSET', jk, 'finished_on', now)
       emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', etype,
         'stacktrace', stack, 'attempts_made', made)
-      history_record('f', jk, now)
+      history_record('f', seen, now)
       on_fail_job(id, reason, now)  -- a parent waiting for it (flows)
       finish_job(id, k.failed, now, tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7]))
       codes[#codes + 1] = 3

@@ -263,10 +263,16 @@ end
 -- 'failed' ...: an idempotent resend); or a negative code. `counter`: the
 -- integer field the caller is about to add to (attempts_made ...), checked
 -- and returned. Returns code, the job's worker, then for -6 (malformed: the
--- job is active but damaged) what is wrong ({why, kind}), else the counter.
-local function check_lease(id, token, op, counter)
+-- job is active but damaged) what is wrong ({why, kind}), else the counter,
+-- then (held) the HMGET reply: `extra` fields start at its 5th value.
+local function check_lease(id, token, op, counter, extra)
   local jk = PREFIX .. id
-  local f = redis.pcall('HMGET', jk, 'token', 'ended', 'worker', counter or 'worker')
+  local f
+  if extra then  -- more fields in the same call (history.lua: HIST_FIELDS)
+    f = redis.pcall('HMGET', jk, 'token', 'ended', 'worker', counter or 'worker', unpack(extra))
+  else
+    f = redis.pcall('HMGET', jk, 'token', 'ended', 'worker', counter or 'worker')
+  end
   local in_active = redis.call('ZSCORE', k.active, id)
   if is_err(f) then
     return -6, nil, {'its key holds a ' .. redis.call('TYPE', jk).ok .. ', not a job hash', 'type'}
@@ -277,7 +283,7 @@ local function check_lease(id, token, op, counter)
       if counter and not int_ok(f[4]) then
         return -6, f[3], {bad_int(counter, f[4]), 'field'}
       end
-      return 1, f[3], counter and (tonumber(f[4]) or 0)
+      return 1, f[3], counter and (tonumber(f[4]) or 0), f
     end
     if op and f[2] == op then return 0, f[3] end
     return -3, f[3]
@@ -439,12 +445,12 @@ end
 -- progress, log ...): a malformed job is taken out of active and quarantined
 -- here (-6), so the write that found it costs nothing else. Returns code,
 -- worker, and the counter's value (see check_lease).
-local function checked_lease(id, token, op, now, counter)
-  local held, worker, extra = check_lease(id, token, op, counter)
+local function checked_lease(id, token, op, now, counter, extra)
+  local held, worker, value, fields = check_lease(id, token, op, counter, extra)
   if held == -6 then
     deactivate(id, worker)
-    quarantine(id, extra, now)
+    quarantine(id, value, now)
     return held, worker
   end
-  return held, worker, extra
+  return held, worker, value, fields
 end

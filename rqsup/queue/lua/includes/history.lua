@@ -21,17 +21,22 @@ local function hist_add(field, n)
   HISTORY[field] = (HISTORY[field] or 0) + n
 end
 
--- Job key `jk` ended now: 'c' completed or 'f' failed for good. Its wait (a
--- first attempt: from ready to started) and run (started to now) go in buckets.
-local function history_record(kind, jk, now)
+-- The fields history_record needs, read by checked_lease in its own HMGET
+-- (nil while history is off: nothing more is read).
+local HIST_FIELDS = HISTORY_S > 0 and {'processed_on', 'timestamp', 'delay',
+  'attempts_started'} or nil
+
+-- A job ended now: 'c' completed or 'f' failed for good. `f` is checked_lease's
+-- HMGET reply (HIST_FIELDS from its 5th value). Its wait (a first attempt:
+-- from ready to started) and run (started to now) go in buckets.
+local function history_record(kind, f, now)
   if HISTORY_S <= 0 then return end
   hist_add(kind, 1)
-  local f = redis.call('HMGET', jk, 'processed_on', 'timestamp', 'delay', 'attempts_started')
-  local started = tonumber(f[1])
+  local started = f and tonumber(f[5])
   if not started then return end
   hist_add('r' .. hist_bucket(now - started), 1)
-  if f[4] == '1' and tonumber(f[2]) then
-    local ready = tonumber(f[2]) + (tonumber(f[3]) or 0)
+  if f[8] == '1' and tonumber(f[6]) then
+    local ready = tonumber(f[6]) + (tonumber(f[7]) or 0)
     hist_add('w' .. hist_bucket(math.max(started - ready, 0)), 1)
   end
 end
