@@ -160,3 +160,18 @@ def test_bad_metrics_config_names_the_key(tmp_path: Path) -> None:
         raw["metrics"] = tomllib.loads(bad)
         with pytest.raises(ConfigError, match=r"metrics"):
             parse_config(raw, tmp_path / "c.toml")
+
+
+def test_a_metrics_port_in_use_leaves_the_queues_running(
+        tmp_path: Path, redis_url: str, start: Any, queues: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        name, qname = f"sup-{uid()}", f"busy-{uid()}"
+        cfg = write(tmp_path / "s.toml", config_text(
+            redis_url, name, [{"name": qname, "processor": f"{PROCS}:work"}])
+            + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        sup = start(cfg)
+        assert queues(qname).add("x", {"n": 2}).wait(15)["n2"] == 4
+        sup.wait_log(r"cannot listen there .*running without /metrics")

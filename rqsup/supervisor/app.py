@@ -107,12 +107,20 @@ class Supervisor:
             return
         from rqsup.observe.server import Exporter
 
-        self.exporter = Exporter(
+        exporter = Exporter(
             mc.listen, url=url, prefix=self.config.redis.prefix,
             queues=lambda: [q.name for q in self.config.queues],
             queue_gauges=mc.queue_gauges, redis_options=self._tls(),
             pools=lambda: [(n, w.pool) for n, w in self.workers.items() if w.pool is not None])
-        self.exporter.start()
+        try:
+            exporter.start()
+        except OSError as exc:
+            # The queues matter more than their metrics: run on without them.
+            log.error("[metrics] listen = %r: cannot listen there (%s); running without "
+                      "/metrics", mc.listen, exc.strerror or exc)
+            exporter.stop()
+            return
+        self.exporter = exporter
         m = self.exporter.metrics
         self.lag.on_sample = m.loop_lag.observe
         self.on_renew_latency = m.redis_latency.observe
