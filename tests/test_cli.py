@@ -180,20 +180,20 @@ def loaded_after(code: str) -> set[str]:
 
 def test_help_stays_light() -> None:
     mods = loaded_after("import rqsup.cli")
-    assert not {"redis", "asyncio", "rqsup.config.model", "rqsup.checks"} & mods
+    assert not {"redis", "asyncio", "rqsup.config.model", "rqsup.cli.check"} & mods
     assert not {m for m in mods if m.startswith("rqsup.supervisor")}
 
 
 def test_the_probe_child_loads_no_redis_or_asyncio() -> None:
     mods = loaded_after(
-        "from rqsup.checks import probe; "
+        "from rqsup.cli.check import probe; "
         "assert probe('rqsup.demo_processors:flaky', 'process')['ok']"
     )
     assert "redis" not in mods and "asyncio" not in mods
 
 
 def test_dropping_children_to_another_user_needs_root() -> None:
-    from rqsup.checks import FAIL, OK, check_sandbox_users
+    from rqsup.cli.check import FAIL, OK, check_sandbox_users
     from rqsup.config.model import QueueConfig, SandboxConfig
 
     me = QueueConfig("q", "a:b", sandbox=SandboxConfig(user=str(os.geteuid())))

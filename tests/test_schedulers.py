@@ -577,7 +577,7 @@ def test_config_schedulers_are_validated_with_file_and_key() -> None:
 
 
 def test_rqsup_check_reports_each_scheduler() -> None:
-    from rqsup.checks import WARN, check_schedulers
+    from rqsup.cli.check import WARN, check_schedulers
 
     cfg = parse_config(config(schedulers=[
         {"id": "a", "queue": "q", "cron": "0 3 * * *", "tz": "Europe/Riga"},

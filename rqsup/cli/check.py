@@ -1,6 +1,6 @@
 """``rqsup check``: what an operator wants to know before ``rqsup start``.
 
-Each processor is imported in a fresh child (``python -m rqsup.checks probe
+Each processor is imported in a fresh child (``python -m rqsup.cli.check probe
 module:attr mode``), as the supervisor's children will import it: an import
 that fails, hangs or kills its process is reported against its queue, and the
 checking process keeps no state from it. The child side of this module
@@ -117,7 +117,7 @@ def check_processors(queues: tuple[QueueConfig, ...],
     for queue in queues:
         timeout = queue.sandbox.boot_timeout_s if queue.mode == "process" else PROBE_TIMEOUT_S
         proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "rqsup.checks", "probe", queue.processor, queue.mode,
+            [sys.executable, "-P", "-m", "rqsup.cli.check", "probe", queue.processor, queue.mode,
              search],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
@@ -188,7 +188,7 @@ def _probe_main(argv: list[str]) -> int:
     """Child entry point. Whatever the import prints goes to stderr; the
     verdict is the one marked line on the real stdout."""
     if len(argv) not in (3, 4) or argv[0] != "probe":
-        print("usage: python -P -m rqsup.checks probe module:attr mode [path]", file=sys.stderr)
+        print("usage: python -P -m rqsup.cli.check probe module:attr mode [path]", file=sys.stderr)
         return 2
     if len(argv) == 4:
         add_processor_path(p for p in argv[3].split(os.pathsep) if p)

@@ -57,7 +57,7 @@ def check(config: Path, as_json: bool) -> None:
     Exit 0 when every check passes, 1 when one fails, 2 when CONFIG is invalid.
     """
     cfg = _load(config, as_json)
-    from rqsup.checks import OK, CheckResult, run_checks
+    from rqsup.cli.check import OK, CheckResult, run_checks
 
     results = [CheckResult(f"config {config}", OK, f"{len(cfg.queues)} queue(s), "
                                                    f"supervisor {cfg.supervisor.name}")]
@@ -80,7 +80,7 @@ def start(config: Path) -> None:
     cfg = _load(config)
     # Processors load from [supervisor].processor_path (the config file's
     # folder by default), after the installed packages, as under `rqsup check`.
-    from rqsup.checks import add_processor_path
+    from rqsup.cli.check import add_processor_path
 
     add_processor_path(cfg.supervisor.processor_path)
     # Imported here and by name: `rqsup --help` never pays for the supervisor.
@@ -106,7 +106,7 @@ def metrics(config: Path | None, url: str | None, prefix: str | None,
     import signal
     import threading
 
-    from rqsup.cli_admin import _target
+    from rqsup.cli.admin import _target
     from rqsup.config.units import parse_listen
 
     url_, prefix_, queues = _target(config, url, prefix)
@@ -135,7 +135,7 @@ def metrics(config: Path | None, url: str | None, prefix: str | None,
     exporter.stop()
 
 
-from rqsup.cli_admin import register as _register_admin  # noqa: E402  (click only)
+from rqsup.cli.admin import register as _register_admin  # noqa: E402  (click only)
 
 _register_admin(main)
 

@@ -44,7 +44,7 @@ def _target(config: Path | None, url: str | None, prefix: str | None
             ) -> tuple[str, str, list[str]]:
     queues: list[str] = []
     if config is not None:
-        from rqsup.cli import _load
+        from rqsup.cli.main import _load
 
         cfg = _load(config)
         url = url or cfg.redis.url

@@ -1,0 +1,5 @@
+"""``python -m rqsup.cli ...``"""
+
+from rqsup.cli.main import main
+
+main()
