@@ -30,9 +30,12 @@ STATES = ("wait", "prioritized", "delayed", "active", "completed", "failed", "wa
 
 def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--config / --url / --prefix: where the queues live."""
-    fn = click.option("--prefix", default=None, help="Key prefix (default rqsup).")(fn)
-    fn = click.option("--url", default=None, help="Redis URL (default: the config's, or "
-                                                  "redis://127.0.0.1:6379/0).")(fn)
+    fn = click.option("--prefix", default=None, envvar="RQSUP_PREFIX",
+                      help="Key prefix (default: $RQSUP_PREFIX, the config's, or rqsup).")(fn)
+    fn = click.option("--url", default=None, envvar="RQSUP_URL",
+                      help="Redis URL (default: $RQSUP_URL, the config's, or "
+                           "redis://127.0.0.1:6379/0; the variable keeps a password off "
+                           "the command line).")(fn)
     return click.option(
         "--config", "config", default=None,
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -56,15 +59,21 @@ def _target(config: Path | None, url: str | None, prefix: str | None
 @contextmanager
 def opened(name: str, url: str, prefix: str) -> Iterator[Queue]:
     """A Queue; library errors become one clear line and exit status 1."""
+    from redis.connection import parse_url
+
     from rqsup.errors import RqsupError
     from rqsup.queue.connection import CONNECTION_ERRORS, REDIS_ERRORS
     from rqsup.queue.faults import describe
     from rqsup.queue.queue import Queue
 
     try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise click.BadParameter(f"{_redact(url)}: {exc}", param_hint="--url") from None
+    try:
         q = Queue(name, url, prefix=prefix)
     except ValueError as exc:  # a bad queue name or prefix
-        raise click.BadParameter(str(exc), param_hint="QUEUE") from None
+        raise click.BadParameter(str(exc), param_hint="QUEUE or --prefix") from None
     try:
         yield q
     except RqsupError as exc:
@@ -293,7 +302,12 @@ def register(main: click.Group) -> None:
             job = q.add(name, payload, **opts)
             click.echo(job.id)
             if wait_s is not None:
-                click.echo(json.dumps(job.wait(wait_s)))
+                try:
+                    click.echo(json.dumps(job.wait(wait_s)))
+                except TimeoutError:
+                    click.echo(f"rqsup: job {job.id} did not finish within {wait_s:g}s "
+                               "(--wait); it is still queued or running", err=True)
+                    sys.exit(1)
 
     def simple(cmd_name: str, doc: str, act: Callable[[Queue], Any]) -> None:
         @main.command(name=cmd_name, help=doc)
@@ -310,8 +324,6 @@ def register(main: click.Group) -> None:
     simple("pause", "Stop every worker of QUEUE from claiming (adds still land).",
            lambda q: q.pause())
     simple("resume", "Let the workers of QUEUE claim again.", lambda q: q.resume())
-    simple("retry", "Move every failed job of QUEUE back to wait with a fresh set of attempts; "
-           "prints how many.", lambda q: q.retry_jobs("failed", reset_attempts_made=True))
     simple("promote", "Make every delayed job of QUEUE ready now; prints how many.",
            lambda q: q.promote_jobs())
 
@@ -337,25 +349,3 @@ def register(main: click.Group) -> None:
         with opened(queue, url_, prefix_) as q:
             click.echo(len(q.clean(grace_s, limit, state)))
 
-    @main.command()
-    @click.argument("queue")
-    @target_options
-    @click.option("--count", type=click.IntRange(1), default=20, show_default=True)
-    @click.option("--json", "as_json", is_flag=True)
-    def events(queue: str, config: Path | None, url: str | None, prefix: str | None,
-               count: int, as_json: bool) -> None:
-        """The last events of QUEUE, oldest first."""
-        from rqsup.queue.events import parse_entries
-
-        url_, prefix_, _ = _target(config, url, prefix)
-        with opened(queue, url_, prefix_) as q:
-            newest: Any = q.client.xrevrange(q.core.keys.events, count=count)
-            entries = list(reversed(newest or []))
-            for ev in parse_entries(entries):
-                if as_json:
-                    click.echo(json.dumps({"id": ev.stream_id, "event": ev.name,
-                                           "job_id": ev.job_id, "fields": ev.fields}))
-                else:
-                    rest = " ".join(f"{k}={v}" for k, v in ev.fields.items()
-                                    if k not in ("event", "id"))
-                    click.echo(f"{ev.stream_id} {ev.name} {ev.job_id or ''} {rest}".rstrip())

@@ -136,8 +136,12 @@ def metrics(config: Path | None, url: str | None, prefix: str | None,
 
 
 from rqsup.cli.admin import register as _register_admin  # noqa: E402  (click only)
+from rqsup.cli.ops import register as _register_ops  # noqa: E402  (click only)
+from rqsup.cli.ops import register_worker as _register_worker  # noqa: E402
 
 _register_admin(main)
+_register_ops(main)
+_register_worker(main)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from rqsup.queue import roster
 from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import SyncDriver
+from rqsup.queue.roster import discover_queues
 from rqsup.queue.scripts import Batch
 
 #: The states of rqsup_queue_jobs, in gauges.lua's order.
@@ -31,19 +32,6 @@ GAUGE_STATES = ("wait", "prioritized", "delayed", "active", "completed", "failed
 CACHE_S = 1.0
 #: Queues found by SCAN are looked for again after this long.
 DISCOVER_EVERY_S = 30.0
-
-
-def discover_queues(client: redis.Redis, prefix: str) -> list[str]:
-    """Every queue under ``prefix`` that has a meta hash (any add made one)."""
-    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
-    head, tail = len(prefix) + 2, len("}:meta")  # "<prefix>:{" ... "}:meta"
-    found = set()
-    for key in client.scan_iter(match=escaped + ":{*}:meta", count=1000):
-        text = key.decode() if isinstance(key, bytes) else str(key)
-        name = text[head:-tail]
-        if name and "{" not in name and "}" not in name:
-            found.add(name)
-    return sorted(found)
 
 
 class QueueGauges(Collector):

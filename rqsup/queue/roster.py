@@ -73,3 +73,16 @@ def workers_of(heartbeats: list[dict[str, Any]], queue: str) -> list[dict[str, A
                         "concurrency": q.get("concurrency"), "running": q.get("running", 0),
                         "jobs": list(q.get("jobs") or [])})
     return out
+
+
+def discover_queues(client: Any, prefix: str) -> list[str]:
+    """Every queue under ``prefix`` that has a meta hash (any add made one)."""
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    head, tail = len(prefix) + 2, len("}:meta")  # "<prefix>:{" ... "}:meta"
+    found = set()
+    for key in client.scan_iter(match=escaped + ":{*}:meta", count=1000):
+        text = key.decode() if isinstance(key, bytes) else str(key)
+        name = text[head:-tail]
+        if name and "{" not in name and "}" not in name:
+            found.add(name)
+    return sorted(found)
