@@ -46,7 +46,7 @@ def test_enqueue_jobs_status_and_actions(redis_url: str, tmp_path: Path) -> None
     code, out = run("jobs", "mail", "--state", "wait", "--url", redis_url, "--json")
     assert code == 0 and {j["name"] for j in json.loads(out)} == {"send", "later"}
     code, out = run("events", "mail", "--url", redis_url, "--count", "50")
-    assert code == 0 and " added 1 name=send" in out and " paused" in out
+    assert code == 0 and " added job 1 name=send" in out and " paused" in out
     q.close()
 
 
@@ -111,7 +111,7 @@ def test_admin_commands_show_what_they_can_of_damaged_jobs(redis_url: str) -> No
     code, out = run("jobs", "dmg", "--state", "malformed", "--url", redis_url, "--json")
     assert code == 0 and json.loads(out)[0]["id"] == "ghost"
     code, out = run("events", "dmg", "--url", redis_url, "--count", "50")
-    assert code == 0 and " malformed ghost " in out
+    assert code == 0 and " malformed job ghost " in out
     # A key of the wrong type where the events stream should be: one clear line.
     r.delete(q.core.keys.events)
     r.set(q.core.keys.events, "junk")
