@@ -256,3 +256,23 @@ def test_worker_stalled_event(redis_url: str) -> None:
         await q.close()
 
     run(main)
+
+
+def test_a_cancelled_attempt_that_is_given_back_fails_instead_of_running_again(
+        redis_url: str) -> None:
+    q = Queue("cg", redis_url)
+    job = q.add("x", attempts=3, remove_on_fail=False)
+    q._driver.execute(q.core.script("claim", 1, "w9", 30_000))
+    assert q.cancel(job.id, "stop") == "signalled"
+    # Its worker dies before it hears of it: the restart gives the job back.
+    q._driver.execute(q.core.script("requeue_worker", "w9", 1))
+    done = q.get_job(job.id)
+    assert done is not None and done.state() == "failed"
+    assert done.error_type == "JobCancelled" and done.failed_reason == "stop"
+    # The same through the stall sweep.
+    other = q.add("y", remove_on_fail=False)
+    q._driver.execute(q.core.script("claim", 1, "w8", 30_000))
+    q.cancel(other.id, "late")
+    q.client.zadd(q.core.keys.active, {other.id: 0})
+    q._driver.execute(q.core.script("sweep_stalled", 0, 5, 0, 100, 5, -1))
+    assert q.get_job(other.id).error_type == "JobCancelled"  # type: ignore[union-attr]

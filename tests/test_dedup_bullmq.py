@@ -97,3 +97,35 @@ def test_async_dedup_getters_and_removal(redis_url: str) -> None:
         await q.close()
 
     asyncio.run(main())
+
+
+def test_a_kept_add_yields_to_a_taken_custom_id_and_goes_with_removal(redis_url: str) -> None:
+    q = Queue("dkx", redis_url)
+    opts = {"dedup": {"id": "k", "keep_last_if_active": True}}
+    a = q.add("x", "a", **opts)
+    [(jid, tok)] = claim(q)
+    q.add("x", "kept", job_id="Y", **opts)  # kept for after a
+    taken = q.add("x", "own", job_id="Y")  # meanwhile a plain add takes the custom id
+    assert taken.add_outcome == "created"
+    complete(q, jid, tok)
+    assert q.get_job("Y").data == "own"  # type: ignore[union-attr]  # not overwritten
+    # remove_dedup_key takes a kept add along.
+    b = q.add("x", "b", **opts)
+    claim(q, 10)
+    q.add("x", "c", **opts)
+    assert q.client.exists(q.core.keys.dedup_next("k")) == 1
+    assert q.remove_dedup_key("k")
+    assert q.client.exists(q.core.keys.dedup_next("k")) == 0
+    assert a.id != b.id
+
+
+def test_a_deleted_holder_does_not_create_the_kept_add(redis_url: str) -> None:
+    q = Queue("dkd", redis_url)
+    opts = {"dedup": {"id": "k", "keep_last_if_active": True}}
+    a = q.add("x", "a", **opts)
+    [(jid, tok)] = claim(q)
+    q.add("x", "b", **opts)  # kept
+    q._driver.execute(q.core.script("move_back", jid, tok, 0))  # a back in wait
+    assert q.drain() == 1  # a goes, and its kept add with it
+    assert q.counts()["wait"] == 0 and q.client.exists(q.core.keys.dedup_next("k")) == 0
+    assert a.id

@@ -189,3 +189,27 @@ def test_delayed_error_without_a_move_fails_clearly(redis_url: str) -> None:
         await q.close()
 
     run(main)
+
+
+def test_fetch_next_after_a_refused_completion_claims_nothing(redis_url: str) -> None:
+    async def main() -> None:
+        q = AsyncQueue("manx", redis_url)
+        w = Worker("manx", None, url=redis_url, lease_s=30, block_timeout_s=0.2,
+                   job_defaults={"attempts": 2})
+        job = await q.add("x")
+        await q.add("y")
+        taken = await w.get_next_job("t")
+        assert taken is not None and taken.id == job.id
+        taken.lease_token = "999999"  # as if the lease had gone to another claim
+        with pytest.raises(LeaseLost):
+            await taken.move_to_completed(1, "t", fetch_next=True)
+        assert (await q.counts())["active"] == 1  # only the first job: nothing orphaned
+        again = await w.get_next_job("t")
+        assert again is not None
+        # The worker's job_defaults apply: attempts 2, so a failure is retried.
+        await again.move_to_failed(ValueError("once"), "t")
+        assert await q._driver.drive(q.core.op_state(again.id)) == "wait"
+        await w.close()
+        await q.close()
+
+    run(main)

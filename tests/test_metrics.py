@@ -111,6 +111,8 @@ def test_a_worker_counts_stalls_redeliveries_and_the_oldest_waiting(redis_url: s
         await q.wait_for(job.id, timeout=10)
         qm = m.for_queue("md")
         assert qm.stalled.n == 1 and qm.redelivered.n == 1
+        # The claim emptied the marker: a later claim of the job is no redelivery.
+        assert sync.client.hget(sync.core.keys.job(job.id), "redeliver") == b""
         # A job that ran once, cleanly, is not a redelivery when retried.
         again = await q.add("x", attempts=2)
         await q.wait_for(again.id, timeout=10)

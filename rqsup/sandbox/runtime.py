@@ -119,8 +119,11 @@ def _watch_supervisor(alive: Connection) -> None:
     os.killpg(0, signal.SIGKILL)
 
 
-#: The job this child runs now (one at a time), for the control thread.
+#: The job this child runs now (one at a time), for the control thread, and
+#: cancels that came before their job started (by job id; a few at most).
 _current: list[ActiveJob | None] = [None]
+_pending: dict[str, str] = {}
+_cancel_lock = threading.Lock()
 
 
 def _watch_cancels(fd: int) -> None:
@@ -146,9 +149,14 @@ def _watch_cancels(fd: int) -> None:
                 job_id, reason = decode(kind, body)
             except (ProtocolError, ValueError, TypeError):
                 continue
-            job = _current[0]
-            if job is not None and job.id == job_id:
-                job.request_cancel(str(reason))
+            with _cancel_lock:
+                job = _current[0]
+                if job is None or job.id != job_id:
+                    if len(_pending) > 100:
+                        _pending.clear()
+                    _pending[str(job_id)] = str(reason)
+                    continue
+            job.request_cancel(str(reason))
 
 
 def _load(processor: str | bytes) -> Any:
@@ -182,13 +190,21 @@ def _run(spec: ChildSpec, fn: Any, w: _Writer, fields: Any) -> tuple[Kind, bytes
                     timestamp_ms=int(timestamp_ms), options=options, progress=progress,
                     children_values=flow.get("values"), ignored_failures=flow.get("ignored"),
                     max_log_line=spec.max_log_line)
-    _current[0] = job
+    with _cancel_lock:
+        _current[0] = job
+        early = _pending.pop(job.id, None)
+    if early is not None:
+        job.request_cancel(early)
     try:
         result = fn(job)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: report them
         return Kind.ERROR, dumps(job.error_info(exc))
     finally:
-        _current[0] = None
+        # Before the result is sent: a cancel that comes later is for a job
+        # given after it, never for this one (stale entries go too).
+        with _cancel_lock:
+            _current[0] = None
+            _pending.clear()
     try:
         encoded = dumps(result)
     except TypeError as exc:

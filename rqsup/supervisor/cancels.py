@@ -112,7 +112,9 @@ async def listen(w: Worker) -> None:
                 msg = await pubsub.get_message(timeout=30.0)
                 if msg is not None and msg.get("type") == "message":
                     on_message(w, msg["data"])
-        except REDIS_ERRORS as exc:
+        except (*REDIS_ERRORS, RuntimeError, OSError) as exc:
+            # redis-py's pub/sub may also raise RuntimeError on a connection
+            # dropped under it: a transient like the rest, never a crash.
             reraise_if_cancelling()
             delay = episode.note(exc)
             await asyncio.sleep(delay)

@@ -78,7 +78,7 @@ def observe_start(qm: QueueMetrics, record: JobRecord) -> None:
     wait of a first attempt, and whether this claim is a redelivery."""
     raw = record.raw
     started = raw.get("attempts_started")
-    if started == "1":
+    if started == "1" and not raw.get("ended"):  # a first claim, nothing ended before
         try:
             ready = int(raw["timestamp"]) + int(raw.get("delay") or 0)
             qm.wait.observe(max(0, int(raw["processed_on"]) - ready) / 1000)
@@ -109,7 +109,10 @@ def _ended(w: Worker, r: Running, task: asyncio.Task[None]) -> None:
     """A job task must end with its outcome queued or its lease given up."""
     if task.cancelled():
         if not (r.lost or r.finished):
-            w.abandon(r, "its task was cancelled")
+            if r.cancel_reason is not None:  # cancelled before its task even started
+                fail(w, r, cancels.cancelled_info(r))
+            else:
+                w.abandon(r, "its task was cancelled")
         return
     exc = task.exception()
     if exc is None:
@@ -193,6 +196,8 @@ async def execute(w: Worker, r: Running) -> None:
                 ))
             else:
                 job = r.job = active_job(w, r, sink, flow)
+                if r.cancel_reason is not None:  # cancelled before the job existed
+                    job.request_cancel(r.cancel_reason)
                 begin()
                 if w._threads is not None:
                     fut = w._threads.submit(w.processor, job)  # type: ignore[arg-type]

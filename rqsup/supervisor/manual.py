@@ -40,6 +40,8 @@ class ManualJob(JobRecord):
     #: rqsup's fencing token of this claim, and the caller's token for it.
     lease_token: str = ""
     user_token: str = ""
+    #: Set by extend_lock when the job was cancelled (queue.cancel) meanwhile.
+    cancel_reason: str | None = None
 
     def __repr__(self) -> str:
         return f"ManualJob(id={self.id!r}, name={self.name!r}, queue={self.worker.queue_name!r})"
@@ -59,12 +61,23 @@ class ManualJob(JobRecord):
         self._check(token)
         w = self.worker
         encoded = codec.encode(value, f"result of job {self.id}")
-        keep = self.options.completed_retention
-        codes, claim = await w.driver.execute(w.core.script(
-            "complete", 1, 1 if fetch_next else 0, w.worker_id, w.lease_ms,
+        keep = self._options().completed_retention
+        # Claim the next job only once this completion was accepted: a claim
+        # in the same call would be left active if the lease was lost.
+        codes, _claim = await w.driver.execute(w.core.script(
+            "complete", 1, 0, w.worker_id, w.lease_ms,
             self.id, self.lease_token, encoded, keep["count"], keep["age_ms"]))
         self._refused(int(codes[0]), "complete")
-        return _first(w, claim, token) if fetch_next else None
+        return await w.get_next_job(token, block=False) if fetch_next else None
+
+    def _options(self) -> Any:
+        """The job's options over the worker's job_defaults, as a processor's."""
+        w = self.worker
+        return self.options_over(w.default_opts) if w.default_opts else self.options
+
+    def _attempts(self) -> int:
+        w = self.worker
+        return int(self._options().attempts if "attempts" in w.default_opts else self.attempts)
 
     async def move_to_failed(self, error: BaseException | str, token: str,
                              fetch_next: bool = False) -> ManualJob | None:
@@ -74,15 +87,20 @@ class ManualJob(JobRecord):
         w = self.worker
         info = error_info(error if isinstance(error, BaseException) else Exception(str(error)))
         message, etype = str(info["message"]), str(info["type"])
-        attempt, attempts = self.attempts_made + 1, self.attempts
+        opts = self._options()
+        attempt, attempts = self.attempts_made + 1, self._attempts()
         delay_ms = -1
         if info.get("control") != "unrecoverable" and attempt < attempts:
-            delay_ms = backoff.retry_delay_ms(self.options.backoff, attempt, etype, message,
-                                              self.raw.get("data"), w.strategies)
-        keep = self.options.failed_retention
+            try:
+                delay_ms = backoff.retry_delay_ms(opts.backoff, attempt, etype, message,
+                                                  self.raw.get("data"), w.strategies)
+            except Exception as exc:  # a bad or unknown custom strategy: fail, say why
+                message, delay_ms = f"{message}; no retry: {exc}", -1
+        keep = opts.failed_retention
         [code] = await w.driver.execute(w.core.script(
             "fail", 1, self.id, self.lease_token, message[:4000], etype,
-            str(info.get("stacktrace") or ""), delay_ms, keep["count"], keep["age_ms"], ""))
+            str(info.get("stacktrace") or ""), delay_ms, keep["count"], keep["age_ms"],
+            attempts if "attempts" in w.default_opts else ""))
         self._refused(int(code), "fail")
         return await w.get_next_job(token, block=False) if fetch_next else None
 
@@ -108,10 +126,12 @@ class ManualJob(JobRecord):
         if isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0:
             raise InvalidOption(f"extend_lock duration must be seconds > 0, got {duration!r}")
         w = self.worker
-        lost, _cancelled = await w.driver.execute(w.core.script(
+        lost, cancelled = await w.driver.execute(w.core.script(
             "renew", round(duration * 1000), self.id, self.lease_token, ""))
         if lost:
             raise LeaseLost(self.id)
+        if cancelled:  # queue.cancel reached this job: the caller decides what to do
+            self.cancel_reason = codec.text(cancelled[1])
 
     async def update_progress(self, value: Any) -> None:
         w = self.worker
@@ -121,7 +141,7 @@ class ManualJob(JobRecord):
 
     async def log(self, line: str) -> None:
         w = self.worker
-        keep = self.options.keep_logs
+        keep = self._options().keep_logs
         await w.driver.execute(w.core.script("log", self.id, self.lease_token, keep,
                                              time.monotonic_ns(), str(line)))
 

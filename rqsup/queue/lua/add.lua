@@ -82,7 +82,10 @@ for i = 0, n - 1 do
       outcome = 2
       if flags.extend then
         local ttl = tonumber(ARGV[b + 10]) or 0
-        if ttl > 0 then redis.call('PEXPIRE', dedup_key(did), ttl) end
+        -- Only a window (a key with a TTL): never put one on an until_done key.
+        if ttl > 0 and redis.call('PTTL', dedup_key(did)) > 0 then
+          redis.call('PEXPIRE', dedup_key(did), ttl)
+        end
       end
       if verdict == 'later' then
         -- Only the last such add is kept; it is created when the kept job ends.

@@ -17,6 +17,7 @@ Events: cancelled {id, reason, prev}; for a job failed at once also failed
 ]]
 --@include common
 --@include flow
+--@include history
 local id, reason = ARGV[1], ARGV[2]
 local st = job_state(id)
 if st == 'missing' then return {-1, ''} end
@@ -41,4 +42,6 @@ emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', 'JobCancelled'
 on_fail_job(id, reason, now)
 local keep_count, keep_age = keep_failed_of(jk, tonumber(ARGV[3]), tonumber(ARGV[4]))
 finish_job(id, k.failed, now, keep_count, keep_age)
+history_record('f', nil, now)
+history_flush(now)
 return {2, st}

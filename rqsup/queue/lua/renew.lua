@@ -11,8 +11,9 @@ Returns: {lost, cancelled}: the tokens whose lease is lost (another token
   were cancelled (field cancel, for this token: the backstop to cancel.lua's
   PUBLISH).
 Events: none, except for a damaged job, which is quarantined (common.lua).
-Runs while Redis is out of memory (allow-oom): a renewal does not grow memory,
-and without it every lease would run out during the episode.
+Runs while Redis is out of memory (allow-oom): a renewal grows memory only by
+the two forensics fields of a job the first time (tens of bytes), and without
+it every lease would run out during the episode.
 ]]
 --@include common
 --@include flow

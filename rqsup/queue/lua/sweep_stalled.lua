@@ -20,6 +20,7 @@ Events: stalled {id, count, worker, holder_pid, renewed_at, started_at};
 --@include common
 --@include flow
 --@include claim
+--@include history
 local interval = tonumber(ARGV[1])
 if interval > 0 and not redis.call('SET', k.stall_check, '1', 'NX', 'PX', interval) then
   return {0, {}, {}}
@@ -39,6 +40,9 @@ for _, id in ipairs(expired) do
   end
   if problem then
     if quarantine(id, problem, now) == 'failed' then failed[#failed + 1] = id end
+  elseif fail_if_cancelled(id, jk, now) then
+    failed[#failed + 1] = id  -- it was cancelled: it does not run again
+    history_record('f', nil, now)
   else
     redis.call('HDEL', jk, 'token')
     local stc = redis.call('HINCRBY', jk, 'stalled_count', 1)
@@ -69,6 +73,7 @@ for _, id in ipairs(expired) do
       -- The job's own remove_on_fail (stored in opts as keep_failed), else the default.
       local keep_count, keep_age = keep_failed_of(jk, tonumber(ARGV[5]), tonumber(ARGV[6]))
       finish_job(id, k.failed, now, keep_count, keep_age)
+      history_record('f', nil, now)
       failed[#failed + 1] = id
     else
       mark_redelivery(jk)
@@ -77,6 +82,7 @@ for _, id in ipairs(expired) do
     end
   end
 end
+history_flush(now)
 if #requeued > 0 then wake() end
 if #failed > 0 then wake_if_capped() end  -- slots freed under a concurrency cap
 return {1, requeued, failed}

@@ -85,8 +85,10 @@ local function activate(id, worker, deadline, now, started)
   redis.call('ZADD', k.active, deadline, id)
   redis.call('SADD', P.worker_jobs .. worker, id)
   started = tostring(started + 1)
+  -- redeliver: emptied in the same call, so only the first claim after a
+  -- give-back counts as a redelivery (the hash as read still shows it).
   redis.call('HSET', PREFIX .. id, 'token', token, 'worker', worker, 'processed_on', now,
-    'attempts_started', started)
+    'attempts_started', started, 'redeliver', '')
   emit('event', 'active', 'id', id)
   return token, {'token', token, 'worker', worker, 'processed_on', tostring(now),
     'attempts_started', started}

@@ -213,8 +213,14 @@ local function release_dedup(id, finished, q)
   local kept = redis.call('GET', nk)
   if not kept then return end
   redis.call('DEL', nk)
+  -- Only a job that ended makes way for the kept add; one deleted (remove,
+  -- drain, clean, obliterate) takes it along.
+  if not finished then return end
   local ok, a = pcall(cjson.decode, kept)
   if not ok or type(a) ~= 'table' or #a ~= 11 then return end
+  if a[1] ~= '' and redis.call('EXISTS', (q and q.job or PREFIX) .. a[1]) == 1 then
+    return  -- its custom id was taken meanwhile: that job stands (as a duplicated add)
+  end
   local now = now_ms()
   local qq = q or k
   local nid, delay, priority, lifo = store_job(q, a, now)
@@ -420,9 +426,30 @@ end
 -- A claim that did not end goes back to the queue (a stall, a kill, a
 -- give-back): the next claim is a redelivery. `redeliver` holds the
 -- attempts_started of the claim that did not end; the worker that claims
--- next (attempts_started one more) counts it (rqsup_jobs_redelivered_total).
+-- next (attempts_started one more) counts it (rqsup_jobs_redelivered_total),
+-- and activate (claim.lua) empties it, so only that claim counts.
 local function mark_redelivery(jk)
   redis.call('HSET', jk, 'redeliver', redis.call('HGET', jk, 'attempts_started') or '0')
+end
+
+-- A job whose running attempt was cancelled (cancel.lua marked it for that
+-- attempt's token) fails with JobCancelled when the attempt is given back (a
+-- stall, a kill, a restart) instead of running again. True when it failed it.
+local function fail_if_cancelled(id, jk, now)
+  local f = redis.call('HMGET', jk, 'token', 'cancel')
+  local tok, c = f[1], f[2]
+  if not tok or not c or string.sub(c, 1, #tok + 1) ~= tok .. ' ' then return false end
+  local reason = string.sub(c, #tok + 2)
+  redis.call('HSET', jk, 'failed_reason', reason, 'error_type', 'JobCancelled',
+    'stacktrace', '', 'finished_on', now, 'ended', 'failed')
+  redis.call('HDEL', jk, 'token')
+  emit('event', 'failed', 'id', id, 'reason', reason, 'error_type', 'JobCancelled',
+    'stacktrace', '', 'attempts_made', jget(jk, 'attempts_made') or '0')
+  if on_fail_job then on_fail_job(id, reason, now) end
+  local keep_count, keep_age = keep_failed_of(jk, DEFAULT_KEEP_FAILED_COUNT,
+    DEFAULT_KEEP_FAILED_AGE_MS)
+  finish_job(id, k.failed, now, keep_count, keep_age)
+  return true
 end
 
 local function give_back(id, worker, as_stall, now)
@@ -433,6 +460,7 @@ local function give_back(id, worker, as_stall, now)
     return false
   end
   local jk = PREFIX .. id
+  if fail_if_cancelled(id, jk, now) then return false end
   redis.call('HDEL', jk, 'token')
   if as_stall then redis.call('HINCRBY', jk, 'stalled_count', 1) end
   mark_redelivery(jk)

@@ -24,7 +24,7 @@ end
 -- The fields history_record needs, read by checked_lease in its own HMGET
 -- (nil while history is off: nothing more is read).
 local HIST_FIELDS = HISTORY_S > 0 and {'processed_on', 'timestamp', 'delay',
-  'attempts_started'} or nil
+  'attempts_started', 'ended'} or nil
 
 -- A job ended now: 'c' completed or 'f' failed for good. `f` is checked_lease's
 -- HMGET reply (HIST_FIELDS from its 5th value). Its wait (a first attempt:
@@ -35,7 +35,9 @@ local function history_record(kind, f, now)
   local started = f and tonumber(f[5])
   if not started then return end
   hist_add('r' .. hist_bucket(now - started), 1)
-  if f[8] == '1' and tonumber(f[6]) then
+  -- The wait of a first claim that followed no other end (a move back or a
+  -- rate limit rewrites delay and gives attempts_started back).
+  if f[8] == '1' and not f[9] and tonumber(f[6]) then
     local ready = tonumber(f[6]) + (tonumber(f[7]) or 0)
     hist_add('w' .. hist_bucket(math.max(started - ready, 0)), 1)
   end
