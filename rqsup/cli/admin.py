@@ -43,6 +43,10 @@ def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+#: Connection options from the config of this command (its TLS CA), for opened().
+_REDIS_OPTIONS: dict[str, Any] = {}
+
+
 def _target(config: Path | None, url: str | None, prefix: str | None
             ) -> tuple[str, str, list[str]]:
     queues: list[str] = []
@@ -53,6 +57,8 @@ def _target(config: Path | None, url: str | None, prefix: str | None
         url = url or cfg.redis.url
         prefix = prefix or cfg.redis.prefix
         queues = [q.name for q in cfg.queues]
+        if cfg.redis.ssl_ca_certs:
+            _REDIS_OPTIONS["ssl_ca_certs"] = str(cfg.redis.ssl_ca_certs)
     return url or "redis://127.0.0.1:6379/0", prefix or "rqsup", queues
 
 
@@ -70,9 +76,13 @@ def opened(name: str, url: str, prefix: str) -> Iterator[Queue]:
         parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise click.BadParameter(f"{_redact(url)}: {exc}", param_hint="--url") from None
+    from rqsup.queue.connection import sync_client
+
+    client = sync_client(url, **_REDIS_OPTIONS)
     try:
-        q = Queue(name, url, prefix=prefix)
+        q = Queue(name, connection=client, prefix=prefix)
     except ValueError as exc:  # a bad queue name or prefix
+        client.close()
         raise click.BadParameter(str(exc), param_hint="QUEUE or --prefix") from None
     try:
         yield q
@@ -87,6 +97,7 @@ def opened(name: str, url: str, prefix: str) -> Iterator[Queue]:
         sys.exit(1)
     finally:
         q.close()
+        client.close()
 
 
 def _redact(url: str) -> str:
@@ -118,11 +129,13 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 def _when(ms: int | None) -> str:
+    """A time in ms, in local time with its zone, for people."""
     if ms is None:
         return "-"
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    local = dt.datetime.fromtimestamp(ms / 1000).astimezone()
+    return local.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + local.strftime(" %Z")
 
 
 def show_job(info: dict[str, Any], stacktrace: str | None) -> None:
@@ -134,7 +147,7 @@ def show_job(info: dict[str, Any], stacktrace: str | None) -> None:
         if info.get(key) is not None:
             click.echo(f"  {key}: {json.dumps(info[key], default=str)[:500]}")
     click.echo(f"  added {_when(info['timestamp_ms'])}, started {_when(info['processed_on_ms'])}"
-               f", finished {_when(info['finished_on_ms'])} (UTC)")
+               f", finished {_when(info['finished_on_ms'])}")
     lease = info["lease"]
     click.echo(f"  lease: worker {lease['worker'] or '-'}, pid {lease['holder_pid'] or '-'}, "
                f"last renewed {_when(lease['renewed_at_ms'])}; stalled "
