@@ -129,3 +129,24 @@ def test_rqsup_worker_serves_a_queue_without_a_config(redis_url: str) -> None:
                           "--queue", qname, "--url", redis_url], capture_output=True, text=True)
     assert bad.returncode == 2 and "rqsup worker" in bad.stderr and "processor" in bad.stderr
 
+
+
+def test_the_wait_progress_bar_follows_the_jobs_progress_events(redis_url: str) -> None:
+    import threading
+
+    from rqsup.cli.admin import _show_progress
+
+    q = Queue("bar", redis_url)
+    job = q.add("x")
+    reply = q._driver.execute(q.core.script("claim", 1, "w1", 30_000))
+    token = reply[1][1].decode()
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (_show_progress(q, job.id, job.added_event, 20),
+                                         done.set()))
+    t.start()
+    q._driver.execute(q.core.script("progress", job.id, token, "50"))
+    assert not done.wait(0.3)  # still following: the job runs on
+    q._driver.execute(q.core.script("complete", 1, 0, "w1", 30_000, job.id, token, '"ok"',
+                                    -1, -1))
+    assert done.wait(10), "the bar did not end with the job"
+    t.join()

@@ -165,6 +165,35 @@ def show_job(info: dict[str, Any], stacktrace: str | None) -> None:
         click.echo(f"  BROKEN: {problem}")
 
 
+def _show_progress(q: Queue, job_id: str, after: str, wait_s: float) -> None:
+    """While a job runs, a progress bar (rich, on stderr) from its progress
+    events; returns when it ends or the wait is over (the caller then reads
+    the result)."""
+    import time
+
+    from rich.progress import Progress
+
+    from rqsup.queue.events import parse_entries
+
+    deadline = time.monotonic() + wait_s
+    last = after or "$"
+    with Progress(transient=True, console=None) as bar:
+        task = bar.add_task(f"job {job_id}", total=100)
+        while (left := deadline - time.monotonic()) > 0:
+            reply: Any = q.client.xread({q.core.keys.events: last}, count=200,
+                                        block=max(1, int(min(left, 1.0) * 1000)))
+            for _key, entries in reply or []:
+                last = entries[-1][0]
+                for ev in parse_entries(entries, decode=True):
+                    if ev.job_id != job_id:
+                        continue
+                    if ev.name in ("completed", "failed", "removed"):
+                        return
+                    value = ev.fields.get("progress")
+                    if ev.name == "progress" and isinstance(value, int | float):
+                        bar.update(task, completed=float(value))
+
+
 def _heartbeats(q: Queue, prefix: str) -> list[dict[str, Any]]:
     """The live supervisors under ``prefix``, from their heartbeats."""
     from rqsup.keys import supervisor_glob
@@ -316,6 +345,8 @@ def register(main: click.Group) -> None:
             click.echo(job.id)
             if wait_s is not None:
                 try:
+                    if sys.stderr.isatty():
+                        _show_progress(q, job.id, job.added_event, wait_s)
                     click.echo(json.dumps(job.wait(wait_s)))
                 except TimeoutError:
                     click.echo(f"rqsup: job {job.id} did not finish within {wait_s:g}s "
