@@ -136,12 +136,14 @@ def metrics(config: Path | None, url: str | None, prefix: str | None,
 
 
 from rqsup.cli.admin import register as _register_admin  # noqa: E402  (click only)
+from rqsup.cli.dash import register as _register_dashboard  # noqa: E402
 from rqsup.cli.ops import register as _register_ops  # noqa: E402  (click only)
 from rqsup.cli.ops import register_worker as _register_worker  # noqa: E402
 
 _register_admin(main)
 _register_ops(main)
 _register_worker(main)
+_register_dashboard(main)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from rqsup.config import units
+from rqsup.config.dashboard import DashboardConfig, parse_dashboard
 from rqsup.config.schedulers import SchedulerConfig, parse_schedulers
 from rqsup.config.tomltable import (
     Problems,
@@ -197,6 +198,7 @@ class Config:
     queues: tuple[QueueConfig, ...]
     schedulers: tuple[SchedulerConfig, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
 
 # -- loading -------------------------------------------------------------------
@@ -222,7 +224,8 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     """Validate already-parsed TOML; ``path`` names the file in messages and
     anchors relative paths (``private_dir``, ``ssl_ca_certs``)."""
     problems = Problems(os.fspath(path))
-    top = Table(raw, "", ("redis", "supervisor", "queues", "schedulers", "metrics"), problems)
+    top = Table(raw, "", ("redis", "supervisor", "queues", "schedulers", "metrics",
+                          "dashboard"), problems)
     base_dir = path.resolve().parent
     redis_cfg = _redis(top.table("redis", ("url", "prefix", "ssl_ca_certs", "start_private",
                                            "private_dir")), base_dir)
@@ -230,10 +233,11 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     queues = _queues(top, problems)
     schedulers = parse_schedulers(top, problems, job_option_seconds)
     metrics = _metrics(top.table("metrics", ("listen", "queue_gauges", "history")))
+    dashboard = parse_dashboard(top, problems)
     if problems.lines:
         raise ConfigError(problems.lines)
     return Config(path=path.resolve(), redis=redis_cfg, supervisor=supervisor, queues=queues,
-                  schedulers=schedulers, metrics=metrics)
+                  schedulers=schedulers, metrics=metrics, dashboard=dashboard)
 
 
 def _listen(value: Any) -> str:

@@ -1,0 +1,170 @@
+"""What the dashboard shows and does, through the queue API (AsyncQueue):
+queues found under the prefix, jobs per state, one job, and the actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aredis
+
+from rqsup.errors import RqsupError
+from rqsup.queue.aqueue import AsyncQueue
+from rqsup.queue.roster import op_heartbeats, workers_of
+
+#: A search reads at most this many jobs of the state (newest first).
+SEARCH_SCAN = 2000
+STATES = ("wait", "prioritized", "delayed", "active", "completed", "failed", "waiting-children")
+
+
+class DashboardError(Exception):
+    """A request the dashboard refuses: ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Data:
+    def __init__(self, client: aredis.Redis, prefix: str, mask: dict[str, list[str]]) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.mask = mask
+        self._queues: dict[str, AsyncQueue] = {}
+
+    def q(self, name: str) -> AsyncQueue:
+        queue = self._queues.get(name)
+        if queue is None:
+            try:
+                queue = AsyncQueue(name, connection=self.client, prefix=self.prefix)
+            except ValueError as exc:
+                raise DashboardError(f"no queue {name!r}: {exc}", 404) from None
+            self._queues[name] = queue
+        return queue
+
+    async def _known(self, name: str) -> AsyncQueue:
+        queue = self.q(name)
+        if not await self.client.exists(queue.core.keys.meta):
+            raise DashboardError(f"no queue {name!r} under prefix {self.prefix!r}", 404)
+        return queue
+
+    async def names(self) -> list[str]:
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + ":{*}:meta"
+        head, tail = len(self.prefix) + 2, len("}:meta")
+        found = set()
+        async for key in self.client.scan_iter(match=pattern, count=1000):
+            text = key.decode() if isinstance(key, bytes) else str(key)
+            name = text[head:-tail]
+            if name and "{" not in name and "}" not in name:
+                found.add(name)
+        return sorted(found)
+
+    async def queues(self) -> list[dict[str, Any]]:
+        names = await self.names()
+        beats = await self.q(names[0])._driver.drive(op_heartbeats(self.prefix)) if names else []
+        out = []
+        for name in names:
+            out.append({**await self.queue(name, beats), "name": name})
+        return out
+
+    async def queue(self, name: str, beats: list[dict[str, Any]] | None = None
+                    ) -> dict[str, Any]:
+        queue = await self._known(name)
+        if beats is None:
+            beats = await queue._driver.drive(op_heartbeats(self.prefix))
+        counts = await queue.counts()
+        done = await queue.get_metrics("completed", 0, 59)
+        failed = await queue.get_metrics("failed", 0, 59)
+        return {"counts": counts, "paused": await queue.is_paused(),
+                "limits": await queue.limits(), "consumers": len(workers_of(beats, name)),
+                "completed_per_minute": done["data"][::-1],
+                "failed_per_minute": failed["data"][::-1]}
+
+    def _masked(self, queue: str, data: Any) -> Any:
+        keys = self.mask.get(queue)
+        if not keys or not isinstance(data, dict):
+            return data
+        return {k: ("***" if k in keys else v) for k, v in data.items()}
+
+    def _row(self, queue: str, job: Any) -> dict[str, Any]:
+        problems = job.problems()
+        row: dict[str, Any] = {"id": job.id, "problems": problems}
+        for field in ("name", "attempts_made", "timestamp_ms", "processed_on_ms",
+                      "finished_on_ms", "failed_reason", "error_type", "progress"):
+            try:
+                row[field] = getattr(job, field)
+            except (RqsupError, ValueError):
+                row[field] = None
+        try:
+            row["data"] = self._masked(queue, job.data)
+        except (RqsupError, ValueError):
+            row["data"] = None
+        return row
+
+    async def jobs(self, name: str, state: str, start: int, count: int,
+                   search: str | None) -> dict[str, Any]:
+        if state not in STATES:
+            raise DashboardError(f"no state {state!r}; known: {', '.join(STATES)}", 400)
+        queue = await self._known(name)
+        if search is None:
+            found = await queue.get_jobs(state, start, start + count - 1)
+            return {"state": state, "start": start,
+                    "jobs": [self._row(name, j) for j in found]}
+        needle = search.lower()
+        scanned = await queue.get_jobs(state, 0, SEARCH_SCAN - 1)
+        hits = [j for j in scanned if needle in " ".join(
+            str(x) for x in (j.id, j.raw.get("name"), j.raw.get("data"),
+                             j.raw.get("failed_reason"))).lower()]
+        return {"state": state, "start": start, "search": search,
+                "scanned": len(scanned), "jobs": [self._row(name, j)
+                                                  for j in hits[start:start + count]]}
+
+    async def job(self, name: str, job_id: str) -> dict[str, Any]:
+        queue = await self._known(name)
+        job = await queue.get_job(job_id)
+        if job is None:
+            raise DashboardError(f"no job {job_id!r} in queue {name!r}", 404)
+        row = self._row(name, job)
+        row.update(state=await queue.get_job_state(job_id), stacktrace=job.stacktrace,
+                   lease=job.lease, logs=await queue.get_job_logs(job_id, 0, 199))
+        try:
+            row["return_value"] = job.return_value
+            row["options"] = job.raw.get("opts")
+        except (RqsupError, ValueError):
+            row["return_value"] = None
+        row["flow"] = await queue.get_flow(job_id, depth=3, max_children=100) \
+            if job.raw.get("has_children") or job.raw.get("parent") else None
+        return row
+
+    async def act(self, name: str, action: str, job_id: str | None) -> Any:
+        queue = await self._known(name)
+        try:
+            if job_id is not None:
+                job = await queue.get_job(job_id)
+                if job is None:
+                    raise DashboardError(f"no job {job_id!r} in queue {name!r}", 404)
+                if action == "retry":
+                    state = await job.state()
+                    await job.retry(state if state == "completed" else "failed",
+                                    reset_attempts_made=True)
+                elif action == "remove":
+                    await job.remove()
+                elif action == "promote":
+                    await job.promote()
+                elif action == "cancel":
+                    return await queue.cancel(job_id, "cancelled from the dashboard")
+                return "done"
+            if action == "pause":
+                await queue.pause()
+            elif action == "resume":
+                await queue.resume()
+            elif action == "drain":
+                return await queue.drain()
+            elif action == "retry-failed":
+                return await queue.retry_jobs("failed", reset_attempts_made=True)
+            elif action == "promote-delayed":
+                return await queue.promote_jobs()
+            elif action == "obliterate":
+                await queue.obliterate(force=False)
+            return "done"
+        except RqsupError as exc:
+            raise DashboardError(str(exc), 409) from None
