@@ -182,3 +182,28 @@ def test_rqsup_dashboard_serves_refuses_an_open_address_and_hashes(redis_url: st
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_supervisors_page_shows_a_busy_child_and_schedulers_their_runs(
+        client: TestClient, redis_url: str, tmp_path: Path, start: object,
+        queues: object) -> None:
+    from tests.helpers import wait_until
+    from tests.procs import PROCS, config_text, uid, write
+
+    name, qname = f"sup-{uid()}", f"dq-{uid()}"
+    cfg = write(tmp_path / "s.toml", config_text(
+        redis_url, name, [{"name": qname, "processor": f"{PROCS}:long_sleep"}]))
+    start(cfg)  # type: ignore[operator]
+    q = queues(qname)  # type: ignore[operator]
+    job = q.add("sleepy", {"sleep": 30})
+    q.upsert_scheduler("nightly", cron="0 3 * * *", template={"name": "report"})
+    login(client, "vic", "v-pass")
+    page = wait_until(lambda: (p := client.get("/supervisors")) and
+                      f"job {job.id}" in p.text and p, "the busy child on the page", 20)
+    assert f'data-name="{name}"' in page.text and 'data-state="busy"' in page.text
+    [sup] = [s for s in client.get("/api/supervisors").json() if s["name"] == name]
+    assert sup["host"] and sup["pid"] and sup["uptime_s"] is not None
+    listed = client.get("/schedulers")
+    assert "nightly" in listed.text and "0 3 * * *" in listed.text
+    [sched] = [s for s in client.get("/api/schedulers").json() if s["id"] == "nightly"]
+    assert sched["queue"] == qname and sched["next_run_ms"]

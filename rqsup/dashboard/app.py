@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ QUEUE_ACTIONS = {"pause": "operator", "resume": "operator", "drain": "operator",
                  "obliterate": "admin"}
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(["html"]))
+_TEMPLATES.filters["datetime"] = lambda s: datetime.fromtimestamp(s, UTC).strftime(
+    "%Y-%m-%d %H:%M:%S")
 
 
 def create_app(*, url: str | None = None, prefix: str = "rqsup",
@@ -140,6 +143,26 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
                         job=await data.job(p["queue"], p["job_id"]))
         return await guarded(request, render)
 
+    async def supervisors_page(request: Request) -> Response:
+        async def render() -> Response:
+            return page(request, "supervisors.html", supervisors=await data.supervisors())
+        return await guarded(request, render)
+
+    async def schedulers_page(request: Request) -> Response:
+        async def render() -> Response:
+            return page(request, "schedulers.html", schedulers=await data.schedulers())
+        return await guarded(request, render)
+
+    async def api_supervisors(request: Request) -> Response:
+        async def render() -> Response:
+            return JSONResponse(await data.supervisors())
+        return await guarded(request, render)
+
+    async def api_schedulers(request: Request) -> Response:
+        async def render() -> Response:
+            return JSONResponse(await data.schedulers())
+        return await guarded(request, render)
+
     async def api_queues(request: Request) -> Response:
         async def render() -> Response:
             return JSONResponse(await data.queues())
@@ -208,6 +231,10 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
         Route("/", overview),
         Route("/queues/{queue}", queue_page),
         Route("/queues/{queue}/jobs/{job_id}", job_page),
+        Route("/supervisors", supervisors_page),
+        Route("/schedulers", schedulers_page),
+        Route("/api/supervisors", api_supervisors),
+        Route("/api/schedulers", api_schedulers),
         Route("/api/session", api_session),
         Route("/api/queues", api_queues),
         Route("/api/queues/{queue}/jobs", api_jobs),

@@ -3,6 +3,7 @@ queues found under the prefix, jobs per state, one job, and the actions."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis.asyncio as aredis
@@ -78,6 +79,27 @@ class Data:
                 "limits": await queue.limits(), "consumers": len(workers_of(beats, name)),
                 "completed_per_minute": done["data"][::-1],
                 "failed_per_minute": failed["data"][::-1]}
+
+    async def supervisors(self) -> list[dict[str, Any]]:
+        """Every live supervisor and standalone worker, from its heartbeat (live:
+        each heartbeat is at most a renew interval old)."""
+        beats = await self.q("_")._driver.drive(op_heartbeats(self.prefix))
+        now = time.time()
+        for b in beats:
+            started = b.get("started_at")
+            b["uptime_s"] = round(now - started) if isinstance(started, int | float) else None
+        return beats
+
+    async def schedulers(self) -> list[dict[str, Any]]:
+        out = []
+        for name in await self.names():
+            for info in await self.q(name).list_schedulers():
+                out.append({"queue": name, "id": info.id, "cron": info.cron,
+                            "every_s": info.every_s, "tz": info.tz, "name": info.name,
+                            "count": info.count, "limit": info.limit,
+                            "next_run_ms": info.next_run_ms, "job_id": info.job_id,
+                            "done": info.done, "updated_ms": info.updated_ms})
+        return out
 
     def _masked(self, queue: str, data: Any) -> Any:
         keys = self.mask.get(queue)
