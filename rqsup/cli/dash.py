@@ -71,7 +71,8 @@ def register(main: click.Group) -> None:
                          users=users, read_only=read_only or dc.read_only, secret=dc.secret,
                          mask={q: list(keys) for q, keys in dc.mask.items()})
         click.echo(f"rqsup dashboard on http://{host}:{port}/ (prefix {prefix_!r})", err=True)
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        # Open live streams never end by themselves: do not wait long for them.
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
 
     @dashboard.command("hash-password")
     @click.password_option(prompt="Password", confirmation_prompt=True)

@@ -22,11 +22,18 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from rqsup.dashboard.auth import User, verify_password
 from rqsup.dashboard.data import DashboardError, Data
+from rqsup.dashboard.live import Live
 from rqsup.queue.connection import REDIS_ERRORS, async_client
 
 log = logging.getLogger("rqsup.dashboard")
@@ -52,6 +59,7 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
     visitor is an admin: only for a dashboard on loopback (``rqsup dashboard``
     refuses another address then). ``mask``: data keys to hide, by queue."""
     data = Data(client or async_client(url), prefix, mask or {})
+    live = Live(data)
     by_name = {u.name: u for u in users}
     app_state = {"read_only": read_only}
 
@@ -218,6 +226,13 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
         if not isinstance(expected, str) or not secrets.compare_digest(sent, expected):
             raise DashboardError("missing or wrong CSRF token", 403)
 
+    async def api_live(request: Request) -> Response:
+        refused = needs_login(request)
+        if refused is not None:
+            return refused
+        return StreamingResponse(live.stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
     async def api_session(request: Request) -> Response:
         user = user_of(request)
         return JSONResponse({"user": user.name if user else None,
@@ -236,6 +251,7 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
         Route("/api/supervisors", api_supervisors),
         Route("/api/schedulers", api_schedulers),
         Route("/api/session", api_session),
+        Route("/api/live", api_live),
         Route("/api/queues", api_queues),
         Route("/api/queues/{queue}/jobs", api_jobs),
         Route("/api/queues/{queue}/jobs/{job_id}", api_job),
@@ -246,6 +262,7 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
         Middleware(SessionMiddleware, secret_key=secret or secrets.token_urlsafe(32),
                    session_cookie="rqsup_session", same_site="strict")])
     app.state.data = data
+    app.state.live = live
     return app
 
 

@@ -1,0 +1,105 @@
+"""Live pages: one shared reader of every queue's event stream per dashboard,
+fanned out to the open tabs as server-sent events.
+
+However many tabs are open, Redis sees one blocking XREAD over the queues'
+streams, and one count read per changed queue at most every half second:
+tabs never poll. Each message is JSON: ``{"type": "counts", "queue",
+"counts"}`` or ``{"type": "event", "queue", "event", "job_id"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from rqsup.dashboard.data import Data
+from rqsup.queue.connection import REDIS_ERRORS
+from rqsup.queue.events import parse_entries
+
+log = logging.getLogger("rqsup.dashboard")
+
+#: Counts of a changed queue are sent at most this often.
+COUNTS_EVERY_S = 0.5
+#: Queues are looked for again this often (a new queue joins the reader).
+DISCOVER_EVERY_S = 10.0
+#: A tab that falls this far behind loses messages instead of growing memory.
+TAB_BACKLOG = 1000
+
+
+class Live:
+    def __init__(self, data: Data) -> None:
+        self.data = data
+        self.tabs: set[asyncio.Queue[str]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def _send(self, message: dict[str, Any]) -> None:
+        text = json.dumps(message, default=str)
+        for tab in list(self.tabs):
+            with contextlib.suppress(asyncio.QueueFull):
+                tab.put_nowait(text)
+
+    async def _run(self) -> None:
+        last: dict[str, str] = {}
+        keys: dict[str, str] = {}
+        loop = asyncio.get_running_loop()
+        found_at = sent_at = 0.0
+        touched: set[str] = set()
+        while self.tabs:
+            try:
+                if loop.time() - found_at > DISCOVER_EVERY_S:
+                    for name in await self.data.names():
+                        key = self.data.q(name).core.keys.events
+                        if key not in keys:
+                            keys[key] = name
+                            last[key] = "$"
+                    found_at = loop.time()
+                if not keys:
+                    await asyncio.sleep(1.0)
+                    continue
+                streams: Any = dict(last)
+                reply: Any = await self.data.client.xread(streams, count=500, block=500)
+                for key, entries in reply or []:
+                    k = key.decode() if isinstance(key, bytes) else str(key)
+                    found = keys.get(k)
+                    if found is None or not entries:
+                        continue
+                    name = found
+                    last[k] = entries[-1][0].decode() if isinstance(entries[-1][0], bytes) \
+                        else str(entries[-1][0])
+                    touched.add(name)
+                    for ev in parse_entries(entries):
+                        self._send({"type": "event", "queue": name, "event": ev.name,
+                                    "job_id": ev.job_id})
+                if touched and loop.time() - sent_at > COUNTS_EVERY_S:
+                    for name in sorted(touched):
+                        counts = await self.data.q(name).counts()
+                        self._send({"type": "counts", "queue": name, "counts": counts})
+                    touched.clear()
+                    sent_at = loop.time()
+            except REDIS_ERRORS as exc:
+                log.warning("dashboard live reader: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+
+    def _ensure_reader(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="rqsup dashboard live")
+
+    async def stream(self) -> AsyncIterator[str]:
+        """One tab's server-sent events (the reader runs while any tab is open)."""
+        tab: asyncio.Queue[str] = asyncio.Queue(TAB_BACKLOG)
+        self.tabs.add(tab)
+        self._ensure_reader()
+        try:
+            yield "retry: 2000\n\n"
+            while True:
+                try:
+                    text = await asyncio.wait_for(tab.get(), 15.0)
+                    yield f"data: {text}\n\n"
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+        finally:
+            self.tabs.discard(tab)
