@@ -207,3 +207,46 @@ def test_supervisors_page_shows_a_busy_child_and_schedulers_their_runs(
     assert "nightly" in listed.text and "0 3 * * *" in listed.text
     [sched] = [s for s in client.get("/api/schedulers").json() if s["id"] == "nightly"]
     assert sched["queue"] == qname and sched["next_run_ms"]
+
+
+def test_job_timeline_flow_priority_delay_clean_and_search_cursor(client: TestClient,
+                                                                  redis_url: str) -> None:
+    from rqsup import FlowProducer
+    from rqsup.dashboard import data as data_mod
+
+    q = Queue("mail", redis_url)
+    job = q.add("send", {"to": "x"}, delay=60)
+    csrf = login(client, "ola", "o-pass")
+    h = {"x-csrf-token": csrf}
+    assert client.post(f"/api/queues/mail/jobs/{job.id}/delay", data={"delay_s": "120"},
+                       headers=h).status_code == 200
+    assert client.post(f"/api/queues/mail/jobs/{job.id}/promote", headers=h).status_code == 200
+    assert client.post(f"/api/queues/mail/jobs/{job.id}/priority", data={"priority": "3"},
+                       headers=h).status_code == 200
+    assert q.get_job_state(job.id) == "prioritized"
+    bad = client.post(f"/api/queues/mail/jobs/{job.id}/priority", data={"priority": "x"},
+                      headers=h)
+    assert bad.status_code == 400
+    detail = client.get(f"/api/queues/mail/jobs/{job.id}").json()
+    assert [t["event"] for t in detail["timeline"]][:3] == ["added", "delayed", "waiting"]
+    page = client.get(f"/queues/mail/jobs/{job.id}")
+    assert 'id="timeline"' in page.text
+    node = FlowProducer(redis_url).add({"name": "p", "queue": "mail",
+                                        "children": [{"name": "c"}]})
+    flow_page = client.get(f"/queues/mail/jobs/{node.id}")
+    assert 'id="flow"' in flow_page.text and f"mail:{node.children[0].id}" in flow_page.text
+    r = client.post("/api/queues/mail/clean", data={"state": "wait", "grace_s": "0"},
+                    headers=h)
+    assert r.status_code == 200 and r.json()["result"] >= 1
+    # The search scans a bounded window and says where to go on from.
+    for i in range(5):
+        q.add("send", {"to": f"n{i}"})
+    old_scan, data_mod.SEARCH_SCAN = data_mod.SEARCH_SCAN, 2
+    try:
+        first = client.get("/api/queues/mail/jobs", params={"state": "wait", "q": "n0"}).json()
+        assert first["jobs"] == [] and first["next"] == 2
+        later = client.get("/api/queues/mail/jobs",
+                           params={"state": "wait", "q": "n0", "start": "4"}).json()
+        assert [j["data"]["to"] for j in later["jobs"]] == ["n0"]
+    finally:
+        data_mod.SEARCH_SCAN = old_scan

@@ -41,10 +41,10 @@ log = logging.getLogger("rqsup.dashboard")
 STATES = ("wait", "prioritized", "delayed", "active", "completed", "failed", "waiting-children")
 #: Actions on one job and on a whole queue, with the role each needs.
 JOB_ACTIONS = {"retry": "operator", "remove": "operator", "promote": "operator",
-               "cancel": "operator"}
+               "cancel": "operator", "priority": "operator", "delay": "operator"}
 QUEUE_ACTIONS = {"pause": "operator", "resume": "operator", "drain": "operator",
                  "retry-failed": "operator", "promote-delayed": "operator",
-                 "obliterate": "admin"}
+                 "clean": "operator", "obliterate": "admin"}
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(["html"]))
 _TEMPLATES.filters["datetime"] = lambda s: datetime.fromtimestamp(s, UTC).strftime(
@@ -207,7 +207,8 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
             if not user.may(needed):
                 raise DashboardError(f"{action} needs the {needed} role; {user.name} is a "
                                      f"{user.role}", 403)
-            result = await data.act(p["queue"], action, job_id)
+            form = {k: str(v) for k, v in (await request.form()).items()}
+            result = await data.act(p["queue"], action, job_id, form)
             log.warning("dashboard: %s did %s on queue %s%s: %s", user.name, action,
                         p["queue"], f" job {job_id}" if job_id else "", result)
             if "text/html" in request.headers.get("accept", ""):

@@ -12,8 +12,10 @@ from rqsup.errors import RqsupError
 from rqsup.queue.aqueue import AsyncQueue
 from rqsup.queue.roster import op_heartbeats, workers_of
 
-#: A search reads at most this many jobs of the state (newest first).
+#: A search reads at most this many jobs of the state per scan (newest first).
 SEARCH_SCAN = 2000
+#: A job's timeline looks through at most this many of the newest events.
+TIMELINE_SCAN = 5000
 STATES = ("wait", "prioritized", "delayed", "active", "completed", "failed", "waiting-children")
 
 
@@ -131,14 +133,18 @@ class Data:
             found = await queue.get_jobs(state, start, start + count - 1)
             return {"state": state, "start": start,
                     "jobs": [self._row(name, j) for j in found]}
+        # A bounded scan with a cursor: SEARCH_SCAN jobs of the state from
+        # `start` (newest first); `next` is where the next scan goes on from
+        # (None: the state's end). Hits are capped at `count`.
         needle = search.lower()
-        scanned = await queue.get_jobs(state, 0, SEARCH_SCAN - 1)
+        scanned = await queue.get_jobs(state, start, start + SEARCH_SCAN - 1)
         hits = [j for j in scanned if needle in " ".join(
             str(x) for x in (j.id, j.raw.get("name"), j.raw.get("data"),
                              j.raw.get("failed_reason"))).lower()]
-        return {"state": state, "start": start, "search": search,
-                "scanned": len(scanned), "jobs": [self._row(name, j)
-                                                  for j in hits[start:start + count]]}
+        more = len(scanned) == SEARCH_SCAN
+        return {"state": state, "start": start, "search": search, "scanned": len(scanned),
+                "next": start + SEARCH_SCAN if more else None,
+                "jobs": [self._row(name, j) for j in hits[:count]]}
 
     async def job(self, name: str, job_id: str) -> dict[str, Any]:
         queue = await self._known(name)
@@ -154,12 +160,33 @@ class Data:
         except (RqsupError, ValueError):
             row["return_value"] = None
         row["flow"] = await queue.get_flow(job_id, depth=3, max_children=100) \
-            if job.raw.get("has_children") or job.raw.get("parent") else None
+            if job.raw.get("has_children") else None
+        row["timeline"] = await self.timeline(queue, job_id)
         return row
 
-    async def act(self, name: str, action: str, job_id: str | None) -> Any:
+    async def timeline(self, queue: AsyncQueue, job_id: str) -> list[dict[str, Any]]:
+        """The job's events still in the stream (capped), oldest first."""
+        from rqsup.queue.events import parse_entries
+
+        entries: Any = await self.client.xrevrange(queue.core.keys.events, count=TIMELINE_SCAN)
+        out = []
+        for ev in reversed(parse_entries(list(entries or []), decode=True)):
+            if ev.job_id == job_id:
+                ms = int(ev.stream_id.partition("-")[0])
+                out.append({"at_ms": ms, "event": ev.name,
+                            "fields": {k: v for k, v in ev.fields.items()
+                                       if k not in ("returnvalue", "stacktrace")}})
+        return out[-50:]
+
+    async def act(self, name: str, action: str, job_id: str | None,
+                  form: dict[str, str] | None = None) -> Any:
         queue = await self._known(name)
+        form = form or {}
         try:
+            if action == "clean":
+                state = form.get("state", "completed")
+                grace = float(form.get("grace_s", "3600"))
+                return len(await queue.clean(grace, 10_000, state))
             if job_id is not None:
                 job = await queue.get_job(job_id)
                 if job is None:
@@ -174,6 +201,10 @@ class Data:
                     await job.promote()
                 elif action == "cancel":
                     return await queue.cancel(job_id, "cancelled from the dashboard")
+                elif action == "priority":
+                    await job.change_priority(int(form.get("priority", "0")))
+                elif action == "delay":
+                    await job.change_delay(float(form.get("delay_s", "0")))
                 return "done"
             if action == "pause":
                 await queue.pause()
@@ -188,5 +219,7 @@ class Data:
             elif action == "obliterate":
                 await queue.obliterate(force=False)
             return "done"
+        except ValueError as exc:  # a bad number in the form, a bad option
+            raise DashboardError(str(exc), 400) from None
         except RqsupError as exc:
             raise DashboardError(str(exc), 409) from None
