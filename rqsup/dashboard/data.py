@@ -11,12 +11,26 @@ import redis.asyncio as aredis
 from rqsup.errors import RqsupError
 from rqsup.queue.aqueue import AsyncQueue
 from rqsup.queue.roster import op_heartbeats, workers_of
+from rqsup.queue.scripts import Batch, Command
 
 #: A search reads at most this many jobs of the state per scan (newest first).
 SEARCH_SCAN = 2000
+#: The list of queues (a SCAN) is reused this long.
+NAMES_EVERY_S = 10.0
 #: A job's timeline looks through at most this many of the newest events.
-TIMELINE_SCAN = 5000
+TIMELINE_SCAN = 1000
 STATES = ("wait", "prioritized", "delayed", "active", "completed", "failed", "waiting-children")
+#: The order of the counts in gauges.lua's reply.
+GAUGE_STATES = STATES
+
+
+def _num(row: Any, i: int) -> int | None:
+    if isinstance(row, Exception) or row is None or row[i] is None:
+        return None
+    try:
+        return int(row[i])
+    except ValueError:
+        return None
 
 
 class DashboardError(Exception):
@@ -33,6 +47,7 @@ class Data:
         self.prefix = prefix
         self.mask = mask
         self._queues: dict[str, AsyncQueue] = {}
+        self._names: tuple[float, list[str] | None] = (0.0, None)
 
     def q(self, name: str) -> AsyncQueue:
         queue = self._queues.get(name)
@@ -51,6 +66,16 @@ class Data:
         return queue
 
     async def names(self) -> list[str]:
+        """The queues under the prefix: a SCAN of the keyspace for their meta
+        hashes, reused for NAMES_EVERY_S (a SCAN costs the whole keyspace)."""
+        at, found = self._names
+        if found is not None and time.monotonic() - at < NAMES_EVERY_S:
+            return found
+        names = await self._scan_names()
+        self._names = (time.monotonic(), names)
+        return names
+
+    async def _scan_names(self) -> list[str]:
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + ":{*}:meta"
         head, tail = len(self.prefix) + 2, len("}:meta")
         found = set()
@@ -62,11 +87,44 @@ class Data:
         return sorted(found)
 
     async def queues(self) -> list[dict[str, Any]]:
+        """Every queue with its numbers, in one pipelined read for all of them
+        (gauges.lua, the limits and an hour of history per queue)."""
         names = await self.names()
-        beats = await self.q(names[0])._driver.drive(op_heartbeats(self.prefix)) if names else []
-        out = []
+        if not names:
+            return []
+        beats = await self.q(names[0])._driver.drive(op_heartbeats(self.prefix))
+        secs, _micros = await self.client.time()
+        now_min = int(secs) // 60
+        reqs: list[Any] = []
         for name in names:
-            out.append({**await self.queue(name, beats), "name": name})
+            core = self.q(name).core
+            reqs.append(core.script("gauges"))
+            reqs.append(Command(("HMGET", core.keys.meta, "limiter_max", "limiter_duration_ms",
+                                 "concurrency")))
+            reqs += [Command(("HMGET", core.keys.history(now_min - i), "c", "f"))
+                     for i in range(59, -1, -1)]
+        replies = await self.q(names[0])._driver.execute_each(reqs)
+        out, per = [], 62
+        for i, name in enumerate(names):
+            g, lim, *hist = replies[i * per:(i + 1) * per]
+            if isinstance(g, Exception):
+                out.append({"name": name, "error": str(g), "counts": {s: 0 for s in STATES},
+                            "paused": False, "limits": {}, "consumers": 0,
+                            "completed_per_minute": [], "failed_per_minute": [],
+                            "oldest_waiting_s": None})
+                continue
+            v = [int(x) for x in g]
+            out.append({
+                "name": name, "counts": dict(zip(GAUGE_STATES, v[1:8], strict=True)),
+                "paused": bool(v[9]), "consumers": len(workers_of(beats, name)),
+                "oldest_waiting_s": (v[0] - v[8]) / 1000 if v[8] >= 0 else None,
+                "limits": {"max": _num(lim, 0), "concurrency": _num(lim, 2),
+                           "duration_s": (_num(lim, 1) or 0) / 1000 or None,
+                           "limited_for_s": v[10] / 1000},
+                "completed_per_minute": [0 if isinstance(h, Exception) else int(h[0] or 0)
+                                         for h in hist],
+                "failed_per_minute": [0 if isinstance(h, Exception) else int(h[1] or 0)
+                                      for h in hist]})
         return out
 
     async def queue(self, name: str, beats: list[dict[str, Any]] | None = None
@@ -75,12 +133,21 @@ class Data:
         if beats is None:
             beats = await queue._driver.drive(op_heartbeats(self.prefix))
         counts = await queue.counts()
-        done = await queue.get_metrics("completed", 0, 59)
-        failed = await queue.get_metrics("failed", 0, 59)
-        return {"counts": counts, "paused": await queue.is_paused(),
-                "limits": await queue.limits(), "consumers": len(workers_of(beats, name)),
-                "completed_per_minute": done["data"][::-1],
-                "failed_per_minute": failed["data"][::-1]}
+        paused, limits = await queue.is_paused(), await queue.limits()
+        done, failed = await self._last_hour(queue)
+        return {"counts": counts, "paused": paused, "limits": limits,
+                "consumers": len(workers_of(beats, name)),
+                "completed_per_minute": done, "failed_per_minute": failed}
+
+    async def _last_hour(self, queue: AsyncQueue) -> tuple[list[int], list[int]]:
+        """Completed and failed per minute over the last hour, oldest first (the
+        queue's history), in one round trip after the server's time."""
+        secs, _micros = await self.client.time()
+        now_min = int(secs) // 60
+        keys = queue.core.keys
+        reqs = [Command(("HMGET", keys.history(now_min - i), "c", "f")) for i in range(59, -1, -1)]
+        rows = await queue._driver.execute(Batch(reqs))
+        return [int(r[0] or 0) for r in rows], [int(r[1] or 0) for r in rows]
 
     async def supervisors(self) -> list[dict[str, Any]]:
         """Every live supervisor and standalone worker, from its heartbeat (live:
