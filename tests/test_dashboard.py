@@ -250,3 +250,22 @@ def test_job_timeline_flow_priority_delay_clean_and_search_cursor(client: TestCl
         assert [j["data"]["to"] for j in later["jobs"]] == ["n0"]
     finally:
         data_mod.SEARCH_SCAN = old_scan
+
+
+def test_the_dashboard_mounts_under_a_path_of_another_app(redis_url: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    Queue("mail", redis_url).add("send", {"to": "x"})
+    parent = Starlette(routes=[Mount("/ops", app=create_app(url=redis_url, users=USERS,
+                                                            secret="m" * 32))])
+    with TestClient(parent) as c:
+        r = c.get("/ops/", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/ops/login?next=/"
+        r = c.post("/ops/login", data={"user": "vic", "password": "v-pass", "next": "/"},
+                   follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/ops/"
+        page = c.get("/ops/")
+        assert 'href="/ops/queues/mail"' in page.text and "<svg" in page.text
+        assert '"/ops/api/live"' in page.text
+        assert c.get("/ops/api/queues").json()[0]["name"] == "mail"

@@ -84,6 +84,7 @@ def test_the_dashboard_in_a_real_browser(tmp_path: Path, redis_url: str, start: 
                 return False
 
         wait_until(answering, "the dashboard", 20)
+        wait_until(lambda: q.get_workers_count() == 1, "the supervisor's heartbeat listing it")
         IMAGES.mkdir(parents=True, exist_ok=True)
 
         def text(selector: str, by: str = By.CSS_SELECTOR) -> str:
@@ -105,6 +106,8 @@ def test_the_dashboard_in_a_real_browser(tmp_path: Path, redis_url: str, start: 
         login("ola", "o-pass")
         cell = f'tr[data-queue="{qname}"] td[data-state="completed"]'
         assert browser.find_element(By.CSS_SELECTOR, cell).text == "1"
+        row = browser.find_element(By.CSS_SELECTOR, f'tr[data-queue="{qname}"]').text
+        assert "no consumers" not in row
         # Counts change as jobs run, without a reload (server-sent events).
         for i in range(5):
             q.add("square", {"n": i, "sleep": 0.2})

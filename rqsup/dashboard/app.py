@@ -75,19 +75,29 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
             token = request.session["csrf"] = secrets.token_urlsafe(24)
         return token
 
+    def base(request: Request) -> str:
+        """Where the app is mounted ("" at the root): every link starts with it."""
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    def path_in_app(request: Request) -> str:
+        path = request.url.path
+        b = base(request)
+        return path[len(b):] if b and path.startswith(b) else path
+
     def page(request: Request, name: str, **ctx: Any) -> HTMLResponse:
         user = user_of(request)
         html = _TEMPLATES.get_template(name).render(
             user=user, csrf=csrf(request), read_only=app_state["read_only"], states=STATES,
-            **ctx)
+            base=base(request), **ctx)
         return HTMLResponse(html, status_code=ctx.get("status", 200))
 
     def needs_login(request: Request) -> Response | None:
         if user_of(request) is not None:
             return None
-        if request.url.path.startswith("/api/"):
+        if path_in_app(request).startswith("/api/"):
             return JSONResponse({"error": "log in first"}, status_code=401)
-        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return RedirectResponse(f"{base(request)}/login?next={path_in_app(request)}",
+                                status_code=303)
 
     async def guarded(request: Request, render: Any) -> Response:
         refused = needs_login(request)
@@ -97,12 +107,12 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
             response: Response = await render()
             return response
         except DashboardError as exc:
-            if request.url.path.startswith("/api/"):
+            if path_in_app(request).startswith("/api/"):
                 return JSONResponse({"error": str(exc)}, status_code=exc.status)
             return page(request, "error.html", message=str(exc), status=exc.status)
         except REDIS_ERRORS as exc:
             log.warning("dashboard: Redis: %s", exc)
-            if request.url.path.startswith("/api/"):
+            if path_in_app(request).startswith("/api/"):
                 return JSONResponse({"error": f"Redis unreachable: {exc}"}, status_code=503)
             return page(request, "error.html", message=f"Redis is unreachable ({exc}); "
                         "this page comes back by itself", status=503)
@@ -122,11 +132,11 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
             return page(request, "login.html", next=nxt, failed=True, status=401)
         request.session.clear()
         request.session["user"] = user.name
-        return RedirectResponse(nxt, status_code=303)
+        return RedirectResponse(base(request) + nxt, status_code=303)
 
     async def logout(request: Request) -> Response:
         request.session.clear()
-        return RedirectResponse("/login", status_code=303)
+        return RedirectResponse(f"{base(request)}/login", status_code=303)
 
     async def overview(request: Request) -> Response:
         async def render() -> Response:
@@ -212,8 +222,8 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
             log.warning("dashboard: %s did %s on queue %s%s: %s", user.name, action,
                         p["queue"], f" job {job_id}" if job_id else "", result)
             if "text/html" in request.headers.get("accept", ""):
-                back = f"/queues/{p['queue']}" + (f"/jobs/{job_id}" if job_id and
-                                                  action != "remove" else "")
+                back = f"{base(request)}/queues/{p['queue']}" + (
+                    f"/jobs/{job_id}" if job_id and action != "remove" else "")
                 return RedirectResponse(back, status_code=303)
             return JSONResponse({"ok": True, "result": result})
         return await guarded(request, render)
