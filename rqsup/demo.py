@@ -23,7 +23,24 @@ from rqsup.keys import supervisor_key
 from rqsup.queue.job import Job
 from rqsup.queue.queue import Queue
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dev.toml"
+#: In a checkout: the repository's configs/dev.toml. From an installed wheel:
+#: the copy shipped in the package, written to a folder of the user's
+#: (its private redis-server keeps its data there, never in site-packages).
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dev.toml"
+PACKAGED_CONFIG = Path(__file__).resolve().parent / "demo_dev.toml"
+
+
+def default_config() -> Path:
+    if REPO_CONFIG.exists():
+        return REPO_CONFIG
+    import os
+
+    home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    folder = home / "rqsup-demo"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "dev.toml"
+    target.write_text(PACKAGED_CONFIG.read_text())
+    return target
 
 
 def wait_ready(url: str, key: str, sup: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -47,8 +64,10 @@ def wait_ready(url: str, key: str, sup: subprocess.Popen[bytes], timeout_s: floa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG))
+    ap.add_argument("config", nargs="?", default=None)
     args = ap.parse_args(argv)
+    if args.config is None:
+        args.config = str(default_config())
     cfg = load_config(args.config)
     print(f"demo: starting `rqsup start {args.config}`", flush=True)
     sup = subprocess.Popen([sys.executable, "-m", "rqsup.cli", "start", args.config])

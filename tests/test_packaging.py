@@ -23,6 +23,7 @@ def test_wheel_and_sdist_carry_what_they_should(tmp_path: Path,
     assert any(n.endswith("LICENSE") for n in names), names[-10:]
     assert "rqsup/queue/lua/complete.lua" in names
     assert "rqsup/queue/lua/includes/history.lua" in names
+    assert "rqsup/demo_dev.toml" in names and "rqsup/dashboard/templates/job.html" in names
     with tarfile.open(sdist) as tar:
         members = {Path(m).relative_to(Path(m).parts[0]).as_posix()
                    for m in tar.getnames() if len(Path(m).parts) > 1}
@@ -31,3 +32,21 @@ def test_wheel_and_sdist_carry_what_they_should(tmp_path: Path,
                    "docs/operations.md"):
         assert wanted in members, wanted
     assert any(m.startswith("systemd/") for m in members)
+
+
+def test_the_demo_config_outside_a_checkout_lives_in_a_users_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from rqsup import demo
+    from rqsup.config.model import load_config
+
+    monkeypatch.setattr(demo, "REPO_CONFIG", tmp_path / "absent.toml")  # as installed
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    path = demo.default_config()
+    assert path == tmp_path / "state" / "rqsup-demo" / "dev.toml"
+    cfg = load_config(path)
+    assert cfg.redis.start_private and cfg.redis.private_dir.is_relative_to(path.parent)
+    for q in cfg.queues:  # the demo's processors import from the package
+        module, _, attr = q.processor.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr))
