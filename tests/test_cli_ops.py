@@ -150,3 +150,16 @@ def test_the_wait_progress_bar_follows_the_jobs_progress_events(redis_url: str) 
                                     -1, -1))
     assert done.wait(10), "the bar did not end with the job"
     t.join()
+
+
+def test_clean_and_retry_go_in_steps_past_a_thousand(redis_url: str) -> None:
+    q = Queue("steps", redis_url)
+    q.add_bulk([("x", i) for i in range(2500)])
+    code, out = run("clean", "steps", "--state", "wait", "--grace", "0s", "--limit", "2200",
+                    "--url", redis_url)
+    assert code == 0 and out.strip() == "2200" and q.counts()["wait"] == 300
+    q.drain()
+    failing = [q.add("y", attempts=1, remove_on_fail=False) for _ in range(3)]
+    for job in failing:
+        fail_one(q, job.id)
+    assert run("retry", "steps", "--url", redis_url) == (0, "3\n")

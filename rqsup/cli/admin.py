@@ -194,6 +194,20 @@ def _show_progress(q: Queue, job_id: str, after: str, wait_s: float) -> None:
                         bar.update(task, completed=float(value))
 
 
+@contextmanager
+def _bar(what: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar (rich, on stderr) for a long operation, when stderr is a
+    terminal and there is much to do; else nothing is shown."""
+    if not sys.stderr.isatty() or total < 2000:
+        yield lambda n: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
 def _heartbeats(q: Queue, prefix: str) -> list[dict[str, Any]]:
     """The live supervisors under ``prefix``, from their heartbeats."""
     from rqsup.keys import supervisor_glob
@@ -391,5 +405,14 @@ def register(main: click.Group) -> None:
             raise click.BadParameter(str(exc), param_hint="--grace") from None
         url_, prefix_, _ = _target(config, url, prefix)
         with opened(queue, url_, prefix_) as q:
-            click.echo(len(q.clean(grace_s, limit, state)))
+            total = q.counts().get(state, 0)
+            done = 0
+            with _bar(f"cleaning {state} jobs of {queue}", min(total, limit)) as advance:
+                while done < limit:  # in steps, so a bar can move and Redis breathes
+                    step = len(q.clean(grace_s, min(1000, limit - done), state))
+                    done += step
+                    advance(step)
+                    if step < min(1000, limit - done + step):
+                        break
+            click.echo(done)
 

@@ -108,7 +108,17 @@ def register(main: click.Group) -> None:
         url_, prefix_, _ = _target(config, url, prefix)
         with opened(queue, url_, prefix_) as q:
             if job_id is None:
-                click.echo(q.retry_jobs("failed", reset_attempts_made=True))
+                from rqsup.cli.admin import _bar
+
+                total, done = q.counts()["failed"], 0
+                with _bar(f"retrying the failed jobs of {queue}", total) as advance:
+                    while True:  # in steps, so a bar can move
+                        step = q.retry_jobs("failed", count=1000, reset_attempts_made=True)
+                        done += step
+                        advance(step)
+                        if step < 1000:
+                            break
+                click.echo(done)
                 return
             job = q.get_job(job_id)
             if job is None:
