@@ -131,6 +131,17 @@ def test_the_dashboard_in_a_real_browser(tmp_path: Path, redis_url: str, start: 
         browser.get(f"{base}/queues/{qname}?state=completed")
         browser.save_screenshot(str(IMAGES / "queue.png"))
 
+        # A job list updates live too: a paused queue's new job appears.
+        q.pause()
+        browser.get(f"{base}/queues/{qname}?state=wait")
+        browser.execute_script("window.rqsupMarker = 1")  # gone if the page reloads
+        fresh = q.add("late", {"n": 99})
+        row_sel = f'#jobs tr[data-job="{fresh.id}"]'
+        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, row_sel),
+                   "the new job in the list, live", 20)
+        assert browser.execute_script("return window.rqsupMarker") == 1
+        q.resume()
+
         # The supervisors page shows a busy child.
         slow = q.add("slow", {"sleep": 20})
         wait_until(lambda: (browser.get(f"{base}/supervisors") or True) and

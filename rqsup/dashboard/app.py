@@ -241,7 +241,9 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
         refused = needs_login(request)
         if refused is not None:
             return refused
-        return StreamingResponse(live.stream(), media_type="text/event-stream",
+        queue, state = request.query_params.get("queue"), request.query_params.get("state")
+        watch = (queue, state) if queue and state in STATES else None
+        return StreamingResponse(live.stream(watch), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
     async def api_session(request: Request) -> Response:

@@ -4,7 +4,9 @@ fanned out to the open tabs as server-sent events.
 However many tabs are open, Redis sees one blocking XREAD over the queues'
 streams, and one count read per changed queue at most every half second:
 tabs never poll. Each message is JSON: ``{"type": "counts", "queue",
-"counts"}`` or ``{"type": "event", "queue", "event", "job_id"}``.
+"counts"}``, ``{"type": "event", "queue", "event", "job_id"}``, or, for the
+first page of a job list an open tab shows, ``{"type": "list", "queue",
+"state", "jobs"}`` (read once per change, whatever the number of tabs).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class Live:
     def __init__(self, data: Data) -> None:
         self.data = data
         self.tabs: set[asyncio.Queue[str]] = set()
+        #: The job lists open tabs show (queue, state) -> how many tabs: the
+        #: reader reads each one's first page once per change, for all of them.
+        self.lists: dict[tuple[str, str], int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -78,6 +83,11 @@ class Live:
                     for name in sorted(touched):
                         counts = await self.data.q(name).counts()
                         self._send({"type": "counts", "queue": name, "counts": counts})
+                        for (queue, state), n in list(self.lists.items()):
+                            if queue == name and n > 0:
+                                page = await self.data.jobs(queue, state, 0, 50, None)
+                                self._send({"type": "list", "queue": queue, "state": state,
+                                            "jobs": page["jobs"]})
                     touched.clear()
                     sent_at = loop.time()
             except REDIS_ERRORS as exc:
@@ -88,10 +98,13 @@ class Live:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="rqsup dashboard live")
 
-    async def stream(self) -> AsyncIterator[str]:
-        """One tab's server-sent events (the reader runs while any tab is open)."""
+    async def stream(self, watch: tuple[str, str] | None = None) -> AsyncIterator[str]:
+        """One tab's server-sent events (the reader runs while any tab is open);
+        ``watch``: the (queue, state) whose first page the tab shows."""
         tab: asyncio.Queue[str] = asyncio.Queue(TAB_BACKLOG)
         self.tabs.add(tab)
+        if watch is not None:
+            self.lists[watch] = self.lists.get(watch, 0) + 1
         self._ensure_reader()
         try:
             yield "retry: 2000\n\n"
@@ -103,3 +116,7 @@ class Live:
                     yield ": keep-alive\n\n"
         finally:
             self.tabs.discard(tab)
+            if watch is not None:
+                self.lists[watch] -= 1
+                if self.lists[watch] <= 0:
+                    del self.lists[watch]
