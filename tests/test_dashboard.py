@@ -139,6 +139,7 @@ def test_a_redis_outage_shows_a_banner() -> None:
     with TestClient(create_app(url="redis://127.0.0.1:1/0", secret="u" * 32)) as c:
         page = c.get("/")
         assert page.status_code == 503 and "Redis is unreachable" in page.text
+        assert 'http-equiv="refresh"' in page.text  # it comes back by itself
         assert c.get("/api/queues").status_code == 503
 
 
@@ -207,6 +208,11 @@ def test_supervisors_page_shows_a_busy_child_and_schedulers_their_runs(
     assert "nightly" in listed.text and "0 3 * * *" in listed.text
     [sched] = [s for s in client.get("/api/schedulers").json() if s["id"] == "nightly"]
     assert sched["queue"] == qname and sched["next_run_ms"]
+    runs = sched["next_runs_ms"]
+    assert len(runs) == 3 and runs[1] - runs[0] == runs[2] - runs[1] == 86_400_000
+    child = sup["queues"][0]["children"][0]
+    assert child["rss"] > 1 << 20 and "cpu_s" in child
+    assert "MiB" in client.get("/supervisors").text
 
 
 def test_job_timeline_flow_priority_delay_clean_and_search_cursor(client: TestClient,

@@ -11,6 +11,7 @@ import redis.asyncio as aredis
 from rqsup.errors import RqsupError
 from rqsup.queue.aqueue import AsyncQueue
 from rqsup.queue.roster import op_heartbeats, workers_of
+from rqsup.queue.schedule import Schedule
 from rqsup.queue.scripts import Batch, Command
 
 #: A search reads at most this many jobs of the state per scan (newest first).
@@ -163,8 +164,20 @@ class Data:
         out = []
         for name in await self.names():
             for info in await self.q(name).list_schedulers():
+                upcoming: list[int] = []
+                if info.next_run_ms is not None:
+                    try:
+                        sched = Schedule.build(cron=info.cron, every=info.every_s, tz=info.tz,
+                                               start=info.start_ms, end=info.end_ms)
+                        run: int | None = info.next_run_ms
+                        while run is not None and len(upcoming) < 3:
+                            upcoming.append(run)
+                            run = sched.next_run(run)
+                    except (RqsupError, ValueError):
+                        upcoming = [info.next_run_ms]
                 out.append({"queue": name, "id": info.id, "cron": info.cron,
-                            "every_s": info.every_s, "tz": info.tz, "name": info.name,
+                            "next_runs_ms": upcoming, "every_s": info.every_s,
+                            "tz": info.tz, "name": info.name,
                             "count": info.count, "limit": info.limit,
                             "next_run_ms": info.next_run_ms, "job_id": info.job_id,
                             "done": info.done, "updated_ms": info.updated_ms})

@@ -208,14 +208,16 @@ class ChildPool:
         return sum(1 for c in self.children if c is not None and c.state is ChildState.BUSY)
 
     def describe(self) -> list[dict[str, Any]]:
-        """Each slot: its child's pid, state and job (for the heartbeat)."""
+        """Each slot: its child's pid, state, job, RSS and CPU seconds (for the
+        heartbeat, once a renew interval: the kernel's numbers, read then)."""
         out: list[dict[str, Any]] = []
         for slot, c in enumerate(self.children):
             if c is None:
                 out.append({"slot": slot, "state": self.slots[slot].value})
             else:
                 out.append({"slot": slot, "pid": c.pid, "state": c.state.value,
-                            "job": c.job_id})
+                            "job": c.job_id, "rss": c.rss() if not c.dead else 0,
+                            "cpu_s": round(c.cpu_seconds(), 2) if not c.dead else 0})
         return out
 
     async def close(self) -> None:
