@@ -142,10 +142,13 @@ def test_the_dashboard_in_a_real_browser(tmp_path: Path, redis_url: str, start: 
         assert browser.execute_script("return window.rqsupMarker") == 1
         q.resume()
 
-        # The supervisors page shows a busy child.
+        # The supervisors page shows a busy child, live (no reload).
+        browser.get(f"{base}/supervisors")
+        browser.execute_script("window.rqsupMarker = 2")
         slow = q.add("slow", {"sleep": 20})
-        wait_until(lambda: (browser.get(f"{base}/supervisors") or True) and
-                   f"job {slow.id}" in browser.page_source, "a busy child on the page", 20)
+        wait_until(lambda: f"job {slow.id}" in text("supervisors", By.ID),
+                   "a busy child on the page, live", 20)
+        assert browser.execute_script("return window.rqsupMarker") == 2
         assert browser.find_elements(By.CSS_SELECTOR, '.child[data-state="busy"]')
         browser.save_screenshot(str(IMAGES / "supervisors.png"))
 

@@ -60,6 +60,8 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
     refuses another address then). ``mask``: data keys to hide, by queue."""
     data = Data(client or async_client(url), prefix, mask or {})
     live = Live(data)
+    live.render_supervisors = lambda sups: _TEMPLATES.get_template(
+        "supervisors_list.html").render(supervisors=sups, base=live.base)
     by_name = {u.name: u for u in users}
     app_state = {"read_only": read_only}
 
@@ -243,7 +245,10 @@ def create_app(*, url: str | None = None, prefix: str = "rqsup",
             return refused
         queue, state = request.query_params.get("queue"), request.query_params.get("state")
         watch = (queue, state) if queue and state in STATES else None
-        return StreamingResponse(live.stream(watch), media_type="text/event-stream",
+        supervisors = request.query_params.get("watch") == "supervisors"
+        if supervisors:
+            live.base = base(request)  # links in the page the reader renders
+        return StreamingResponse(live.stream(watch, supervisors), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
     async def api_session(request: Request) -> Response:

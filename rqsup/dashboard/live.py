@@ -28,6 +28,9 @@ log = logging.getLogger("rqsup.dashboard")
 COUNTS_EVERY_S = 0.5
 #: Queues are looked for again this often (a new queue joins the reader).
 DISCOVER_EVERY_S = 10.0
+#: The supervisors page is rendered again this often (heartbeats come about
+#: once a renew interval), once for every tab showing it.
+SUPERVISORS_EVERY_S = 2.0
 #: A tab that falls this far behind loses messages instead of growing memory.
 TAB_BACKLOG = 1000
 
@@ -39,6 +42,11 @@ class Live:
         #: The job lists open tabs show (queue, state) -> how many tabs: the
         #: reader reads each one's first page once per change, for all of them.
         self.lists: dict[tuple[str, str], int] = {}
+        #: Tabs on the supervisors page: the reader renders it for them.
+        self.supervisor_tabs = 0
+        #: Renders the supervisors list (set by the app: its templates).
+        self.render_supervisors: Any = None
+        self.base = ""
         self._task: asyncio.Task[None] | None = None
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -51,7 +59,7 @@ class Live:
         last: dict[str, str] = {}
         keys: dict[str, str] = {}
         loop = asyncio.get_running_loop()
-        found_at = sent_at = 0.0
+        found_at = sent_at = beats_at = 0.0
         touched: set[str] = set()
         while self.tabs:
             try:
@@ -62,6 +70,11 @@ class Live:
                             keys[key] = name
                             last[key] = "$"
                     found_at = loop.time()
+                if self.supervisor_tabs and self.render_supervisors is not None \
+                        and loop.time() - beats_at > SUPERVISORS_EVERY_S:
+                    html = self.render_supervisors(await self.data.supervisors())
+                    self._send({"type": "supervisors", "html": html})
+                    beats_at = loop.time()
                 if not keys:
                     await asyncio.sleep(1.0)
                     continue
@@ -93,16 +106,22 @@ class Live:
             except REDIS_ERRORS as exc:
                 log.warning("dashboard live reader: %s; retrying", exc)
                 await asyncio.sleep(1.0)
+            except Exception:  # a bug here must not end every tab's live updates
+                log.exception("dashboard live reader failed; going on")
+                await asyncio.sleep(1.0)
 
     def _ensure_reader(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="rqsup dashboard live")
 
-    async def stream(self, watch: tuple[str, str] | None = None) -> AsyncIterator[str]:
+    async def stream(self, watch: tuple[str, str] | None = None,
+                     supervisors: bool = False) -> AsyncIterator[str]:
         """One tab's server-sent events (the reader runs while any tab is open);
-        ``watch``: the (queue, state) whose first page the tab shows."""
+        ``watch``: the (queue, state) whose first page the tab shows;
+        ``supervisors``: the tab shows the supervisors page."""
         tab: asyncio.Queue[str] = asyncio.Queue(TAB_BACKLOG)
         self.tabs.add(tab)
+        self.supervisor_tabs += int(supervisors)
         if watch is not None:
             self.lists[watch] = self.lists.get(watch, 0) + 1
         self._ensure_reader()
@@ -116,6 +135,7 @@ class Live:
                     yield ": keep-alive\n\n"
         finally:
             self.tabs.discard(tab)
+            self.supervisor_tabs -= int(supervisors)
             if watch is not None:
                 self.lists[watch] -= 1
                 if self.lists[watch] <= 0:
