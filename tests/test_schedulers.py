@@ -322,6 +322,9 @@ def test_three_concurrent_advancers_add_each_run_once(redis_url: str) -> None:
     info = q.get_scheduler("tick")
     assert info is not None and info.count == len(added) + 1
     assert len(claimed) == len(set(claimed))
+    # The run that came due last is recorded (the dashboard shows it).
+    assert info.last_run_ms is not None and info.last_job_id == added[-2]
+    assert info.next_run_ms is not None and info.last_run_ms < info.next_run_ms
     q.close()
 
 

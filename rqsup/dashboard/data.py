@@ -180,7 +180,8 @@ class Data:
                             "tz": info.tz, "name": info.name,
                             "count": info.count, "limit": info.limit,
                             "next_run_ms": info.next_run_ms, "job_id": info.job_id,
-                            "done": info.done, "updated_ms": info.updated_ms})
+                            "done": info.done, "updated_ms": info.updated_ms,
+                            "last_run_ms": info.last_run_ms, "last_job_id": info.last_job_id})
         return out
 
     def _masked(self, queue: str, data: Any) -> Any:

@@ -84,6 +84,9 @@ class SchedulerInfo:
     done: str | None
     created_ms: int
     updated_ms: int
+    #: The latest run that came due (its time and job), None before the first.
+    last_run_ms: int | None = None
+    last_job_id: str | None = None
 
     @property
     def next_run(self) -> datetime | None:
@@ -105,6 +108,8 @@ class SchedulerInfo:
             next_run_ms=int(f["next"]) if f.get("next") else None,
             job_id=f.get("job") or None, done=f.get("done") or None,
             created_ms=int(f.get("created") or 0), updated_ms=int(f.get("updated") or 0),
+            last_run_ms=int(f["last"]) if f.get("last") else None,
+            last_job_id=f.get("last_job") or None,
         )
 
 

@@ -21,6 +21,7 @@ local h = redis.call('HMGET', hk, 'rev', 'next', 'job')
 if not h[1] then return {-1, ''} end
 if h[1] ~= ARGV[2] or h[2] ~= ARGV[3] or h[2] == '' then return {-6, h[2] or ''} end
 if run_started(h[3]) == nil then return {-4, h[3]} end
+redis.call('HSET', hk, 'last', h[2], 'last_job', h[3] or '')  -- the run that came due
 local r = schedule_run(sid, hk, ARGV[4], ARGV[5], now_ms())
 if r[1] == '' then return {1, r[2]} end
 return {0, r[1]}
