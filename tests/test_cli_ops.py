@@ -163,3 +163,26 @@ def test_clean_and_retry_go_in_steps_past_a_thousand(redis_url: str) -> None:
     for job in failing:
         fail_one(q, job.id)
     assert run("retry", "steps", "--url", redis_url) == (0, "3\n")
+
+
+def test_json_everywhere_with_typed_values_and_an_aligned_jobs_table(redis_url: str) -> None:
+    q = Queue("js", redis_url)
+    code, out = run("enqueue", "js", "x", '{"a": 1}', "--url", redis_url, "--json")
+    added = json.loads(out)
+    assert code == 0 and added["outcome"] == "created" and isinstance(added["id"], str)
+    for args in (("pause", "js"), ("resume", "js"), ("promote", "js"), ("drain", "js", "-y"),
+                 ("retry", "js"), ("clean", "js", "--state", "wait", "--grace", "0s")):
+        code, out = run(*args, "--url", redis_url, "--json")
+        info = json.loads(out)
+        assert code == 0 and info["queue"] == "js" and info["action"] == args[0], out
+        if args[0] in ("drain", "retry", "clean"):
+            assert isinstance(info["count"], int)
+    job = q.add("y")
+    code, out = run("cancel", "js", job.id, "--url", redis_url, "--json")
+    assert json.loads(out)["outcome"] == "failed"
+    code, out = run("jobs", "js", "--state", "failed", "--url", redis_url)
+    head, row = out.splitlines()[:2]
+    assert head.split() == ["id", "name", "attempts", "time"]
+    assert row.split()[0] == job.id and row.index("JobCancelled") > head.index("time")
+    code, out = run("remove", "js", job.id, "--url", redis_url, "--json")
+    assert json.loads(out) == {"queue": "js", "action": "remove", "count": 1, "job_id": job.id}

@@ -301,14 +301,25 @@ def register(main: click.Group) -> None:
             if as_json:
                 click.echo(json.dumps([job_json(j) for j in found]))
                 return
+            rows = []
             for j in found:
                 info = job_json(j)
-                extra = f"  {info['error_type']}: {info['failed_reason']}" if info[
+                extra = f"{info['error_type']}: {info['failed_reason']}" if info[
                     "failed_reason"] else ""
-                broken = f"  BROKEN: {'; '.join(info['problems'])}" if "problems" in info else ""
-                click.echo(f"{j.id}\t{info['name'] or '?'}\tattempts "
-                           f"{info['attempts_made'] if info['attempts_made'] is not None else '?'}"
-                           f"{extra}{broken}")
+                if "problems" in info:
+                    extra += f"  BROKEN: {'; '.join(info['problems'])}"
+                made = info["attempts_made"]
+                when = info["finished_on_ms"] or info["processed_on_ms"] or info["timestamp_ms"]
+                rows.append((j.id, info["name"] or "?", "?" if made is None else str(made),
+                             _when(when).rsplit(".", 1)[0] if when else "-", extra))
+            if not rows:
+                click.echo(f"no {state} jobs in {queue}")
+                return
+            heads = ("id", "name", "attempts", "time", "")
+            widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+            for r in (heads, *rows):
+                click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True))
+                           .rstrip())
 
     @main.command()
     @click.argument("queue")
@@ -343,9 +354,12 @@ def register(main: click.Group) -> None:
     @click.option("--job-id", default=None, help="A custom (idempotent) job id.")
     @click.option("--wait", "wait_s", type=float, default=None,
                   help="Wait this many seconds for the result and print it.")
+    @click.option("--json", "as_json", is_flag=True,
+                  help='Print {"id", "outcome"[, "result"]} as one JSON object.')
     def enqueue(queue: str, name: str, data: str, config: Path | None, url: str | None,
                 prefix: str | None, delay: float | None, priority: int | None,
-                attempts: int | None, job_id: str | None, wait_s: float | None) -> None:
+                attempts: int | None, job_id: str | None, wait_s: float | None,
+                as_json: bool) -> None:
         """Add a job NAME to QUEUE with DATA (JSON); prints its id."""
         try:
             payload = json.loads(data)
@@ -356,27 +370,37 @@ def register(main: click.Group) -> None:
         url_, prefix_, _ = _target(config, url, prefix)
         with opened(queue, url_, prefix_) as q:
             job = q.add(name, payload, **opts)
-            click.echo(job.id)
-            if wait_s is not None:
-                try:
-                    if sys.stderr.isatty():
-                        _show_progress(q, job.id, job.added_event, wait_s)
-                    click.echo(json.dumps(job.wait(wait_s)))
-                except TimeoutError:
-                    click.echo(f"rqsup: job {job.id} did not finish within {wait_s:g}s "
-                               "(--wait); it is still queued or running", err=True)
-                    sys.exit(1)
+            if not as_json:
+                click.echo(job.id)
+            if wait_s is None:
+                if as_json:
+                    click.echo(json.dumps({"id": job.id, "outcome": job.add_outcome}))
+                return
+            try:
+                if sys.stderr.isatty():
+                    _show_progress(q, job.id, job.added_event, wait_s)
+                result = job.wait(wait_s)
+            except TimeoutError:
+                click.echo(f"rqsup: job {job.id} did not finish within {wait_s:g}s "
+                           "(--wait); it is still queued or running", err=True)
+                sys.exit(1)
+            click.echo(json.dumps({"id": job.id, "outcome": job.add_outcome,
+                                   "result": result}) if as_json else json.dumps(result))
 
     def simple(cmd_name: str, doc: str, act: Callable[[Queue], Any]) -> None:
         @main.command(name=cmd_name, help=doc)
         @click.argument("queue")
         @target_options
+        @click.option("--json", "as_json", is_flag=True)
         def command(queue: str, config: Path | None, url: str | None,
-                    prefix: str | None) -> None:
+                    prefix: str | None, as_json: bool) -> None:
             url_, prefix_, _ = _target(config, url, prefix)
             with opened(queue, url_, prefix_) as q:
                 result = act(q)
-                if result is not None:
+                if as_json:
+                    click.echo(json.dumps({"queue": queue, "action": cmd_name,
+                                           "count": result}))
+                elif result is not None:
                     click.echo(result)
 
     simple("pause", "Stop every worker of QUEUE from claiming (adds still land).",
@@ -394,8 +418,9 @@ def register(main: click.Group) -> None:
                                                 "prioritized")), default="completed",
                   show_default=True)
     @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
+    @click.option("--json", "as_json", is_flag=True)
     def clean(queue: str, config: Path | None, url: str | None, prefix: str | None,
-              grace: str, state: str, limit: int) -> None:
+              grace: str, state: str, limit: int, as_json: bool) -> None:
         """Delete old jobs of QUEUE in one state; prints how many."""
         from rqsup.config.units import parse_duration
 
@@ -414,5 +439,6 @@ def register(main: click.Group) -> None:
                     advance(step)
                     if step < min(1000, limit - done + step):
                         break
-            click.echo(done)
+            click.echo(json.dumps({"queue": queue, "action": "clean", "state": state,
+                                   "count": done}) if as_json else done)
 

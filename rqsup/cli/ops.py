@@ -33,6 +33,17 @@ def _event_json(ev: Any) -> str:
                        "fields": ev.fields}, default=str)
 
 
+def _result(action: str, queue: str, count: int, as_json: bool,
+            job_id: str | None = None) -> str:
+    """An action's result: the count for people, a typed JSON object for scripts."""
+    if not as_json:
+        return str(count)
+    out: dict[str, Any] = {"queue": queue, "action": action, "count": count}
+    if job_id is not None:
+        out["job_id"] = job_id
+    return json.dumps(out)
+
+
 def register(main: click.Group) -> None:
     @main.command()
     @target_options
@@ -101,8 +112,9 @@ def register(main: click.Group) -> None:
     @click.argument("queue")
     @click.argument("job_id", required=False)
     @target_options
+    @click.option("--json", "as_json", is_flag=True)
     def retry(queue: str, job_id: str | None, config: Path | None, url: str | None,
-              prefix: str | None) -> None:
+              prefix: str | None, as_json: bool) -> None:
         """Retry one failed job of QUEUE (JOB_ID), or every failed job (with a
         fresh set of attempts); prints how many."""
         url_, prefix_, _ = _target(config, url, prefix)
@@ -118,7 +130,7 @@ def register(main: click.Group) -> None:
                         advance(step)
                         if step < 1000:
                             break
-                click.echo(done)
+                click.echo(_result("retry", queue, done, as_json))
                 return
             job = q.get_job(job_id)
             if job is None:
@@ -126,32 +138,39 @@ def register(main: click.Group) -> None:
                 sys.exit(1)
             job.retry(job.state() if job.state() == "completed" else "failed",
                       reset_attempts_made=True)
-            click.echo(1)
+            click.echo(_result("retry", queue, 1, as_json, job_id))
 
     @main.command()
     @click.argument("queue")
     @click.argument("job_id")
     @target_options
+    @click.option("--json", "as_json", is_flag=True)
     def remove(queue: str, job_id: str, config: Path | None, url: str | None,
-               prefix: str | None) -> None:
+               prefix: str | None, as_json: bool) -> None:
         """Remove one job of QUEUE that is not running (and its pending children)."""
         url_, prefix_, _ = _target(config, url, prefix)
         with opened(queue, url_, prefix_) as q:
             q.remove(job_id)
-            click.echo(f"removed job {job_id}")
+            click.echo(_result("remove", queue, 1, as_json, job_id) if as_json
+                       else f"removed job {job_id}")
 
     @main.command()
     @click.argument("queue")
     @click.argument("job_id")
     @click.option("--reason", default=None, help="Why (the job's failed reason).")
     @target_options
+    @click.option("--json", "as_json", is_flag=True)
     def cancel(queue: str, job_id: str, reason: str | None, config: Path | None,
-               url: str | None, prefix: str | None) -> None:
+               url: str | None, prefix: str | None, as_json: bool) -> None:
         """Cancel one job of QUEUE: a running one is stopped by its worker, one
         that waits fails at once (JobCancelled)."""
         url_, prefix_, _ = _target(config, url, prefix)
         with opened(queue, url_, prefix_) as q:
             outcome = q.cancel(job_id, reason)
+            if as_json:
+                click.echo(json.dumps({"queue": queue, "action": "cancel", "job_id": job_id,
+                                       "outcome": outcome}))
+                return
             told = "its worker was told" if outcome == "signalled" else "failed (not running)"
             click.echo(f"job {job_id}: {told}")
 
@@ -160,8 +179,9 @@ def register(main: click.Group) -> None:
     @click.option("--delayed", is_flag=True, help="Delayed jobs too.")
     @click.option("--yes", "-y", is_flag=True, help="Do not ask.")
     @target_options
+    @click.option("--json", "as_json", is_flag=True)
     def drain(queue: str, delayed: bool, yes: bool, config: Path | None, url: str | None,
-              prefix: str | None) -> None:
+              prefix: str | None, as_json: bool) -> None:
         """Delete the waiting (and prioritized; with --delayed also delayed) jobs of QUEUE."""
         url_, prefix_, _ = _target(config, url, prefix)
         with opened(queue, url_, prefix_) as q:
@@ -169,15 +189,16 @@ def register(main: click.Group) -> None:
             n = counts["wait"] + counts["prioritized"] + (counts["delayed"] if delayed else 0)
             if not yes:
                 click.confirm(f"Delete {n} job(s) of queue {queue!r}?", abort=True)
-            click.echo(q.drain(delayed))
+            click.echo(_result("drain", queue, q.drain(delayed), as_json))
 
     @main.command()
     @click.argument("queue")
     @click.option("--force", is_flag=True, help="Even while jobs are active.")
     @click.option("--yes", "-y", is_flag=True, help="Do not ask.")
     @target_options
+    @click.option("--json", "as_json", is_flag=True)
     def obliterate(queue: str, force: bool, yes: bool, config: Path | None, url: str | None,
-                   prefix: str | None) -> None:
+                   prefix: str | None, as_json: bool) -> None:
         """Delete QUEUE: every job, its schedulers, events and settings."""
         url_, prefix_, _ = _target(config, url, prefix)
         with opened(queue, url_, prefix_) as q:
@@ -186,7 +207,8 @@ def register(main: click.Group) -> None:
                 click.confirm(f"Delete queue {queue!r} and all its {total} job(s)? This cannot "
                               "be undone", abort=True)
             q.obliterate(force)
-            click.echo(f"obliterated queue {queue}")
+            click.echo(_result("obliterate", queue, total, as_json) if as_json
+                       else f"obliterated queue {queue}")
 
 
 def register_worker(main: click.Group) -> None:
