@@ -14,6 +14,7 @@ import pytest
 from rqsup import AsyncQueue, InvalidOption, LeaseLost, Queue
 from rqsup.errors import DelayedError, UnrecoverableError, WaitingError
 from rqsup.supervisor import ActiveJob, Worker
+from tests.helpers import await_until
 
 PROCS = "tests.fixtures.cancel_procs"
 
@@ -40,7 +41,11 @@ def test_get_next_job_then_move_to_completed_with_fetch_next(redis_url: str) -> 
         assert await w.get_next_job("tok-1", block=False) is None
         # A job added while blocked is taken at once (the marker wakes the wait).
         waiter = asyncio.create_task(w.get_next_job("tok-2"))
-        await asyncio.sleep(0.05)
+
+        async def blocked() -> bool:
+            return int((await q.client.info("clients"))["blocked_clients"]) >= 1
+
+        await await_until(blocked, "the manual worker blocking for a job")
         c = await q.add("c", 3)
         got = await waiter
         assert got is not None and got.id == c.id
@@ -74,7 +79,13 @@ def test_move_to_failed_retries_by_attempts_and_stale_tokens_are_refused(
         # A lease that ran out, taken by another worker: the old holder's
         # writes are refused (fenced), with a typed error.
         await again.extend_lock("me", 0.05)
-        await asyncio.sleep(0.1)
+
+        async def lease_over() -> bool:
+            secs, micros = await q.client.time()
+            score = await q.client.zscore(q.core.keys.active, job.id)
+            return score is not None and score < secs * 1000 + micros // 1000
+
+        await await_until(lease_over, "the shortened lease running out")
         q2 = Queue("manf", redis_url)
         await asyncio.to_thread(q2._driver.execute,
                                 q2.core.script("sweep_stalled", 0, 5, 0, 100, 5, -1))
@@ -114,10 +125,11 @@ def test_manual_move_to_delayed_and_stall_check(redis_url: str) -> None:
         assert taken is not None
         # Nobody extends the lease: the stall check puts it back.
         sweeper = w.start_stall_check()
-        deadline = time.monotonic() + 10
-        while await stored.state() != "wait":
-            assert time.monotonic() < deadline, "the stall check did not requeue the job"
-            await asyncio.sleep(0.05)
+
+        async def requeued() -> bool:
+            return bool(await stored.state() == "wait")
+
+        await await_until(requeued, "the stall check requeueing the job", 10)
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)
         await w.close()
