@@ -30,6 +30,7 @@ from rqsup.queue.options import DEFAULT_KEEP_FAILED
 from rqsup.queue.roster import beat_requests
 from rqsup.queue.scripts import Batch, Command, Script
 from rqsup.supervisor import cancels
+from rqsup.supervisor.tree import Supervised, Tree
 
 if TYPE_CHECKING:
     from rqsup.supervisor.worker import Worker
@@ -258,3 +259,57 @@ async def wait_for_work(w: Worker) -> None:
                 pump.check_orphans = True
                 await episode.failed(exc)
         pump.want_claim()
+
+
+async def drain(w: Worker, unit: Supervised) -> None:
+    """Stop claiming, let running jobs finish within the close timeout, hand back the rest.
+
+    Nothing is cancelled in the middle of a Redis call here: a cancel can
+    lose a reply (a claim's jobs would sit active until their lease ran out)."""
+    Tree.retire(unit)
+    w.claiming = False
+    w.pump.idle.set()  # the wait-for-work loop sees claiming off and returns
+    if w.pool is not None:
+        # Prefetched jobs still waiting for a child do not start now.
+        w.pool.draining = True
+        for r in w.running.values():
+            if not r.dispatched and not r.finished and r.task is not None:
+                r.lost = True
+                r.task.cancel()
+    with contextlib.suppress(*REDIS_ERRORS):
+        # No more hand-offs to us; and wake our own blocked wait.
+        await w.client.zrem(w.core.keys.idle, w.idle_member)
+        await w.client.zadd(w.wake_key, {"stop": 0})
+    deadline = time.monotonic() + w._close_timeout_s
+    while time.monotonic() < deadline:
+        # Every running job has a task (thread jobs await their thread in it).
+        tasks = [
+            r.task for r in w.running.values()
+            if r.task and not r.finished and not r.task.done()
+        ]
+        if not tasks or w._hurry.is_set():
+            break
+        hurry = asyncio.create_task(w._hurry.wait())
+        await asyncio.wait([*tasks, hurry], timeout=max(0.0, deadline - time.monotonic()),
+                           return_when=asyncio.FIRST_COMPLETED)
+        hurry.cancel()
+    for r in w.running.values():
+        if not r.finished:
+            r.lost = True
+            r.stop_reason = "shutdown"
+            if r.task:
+                r.task.cancel()
+    # The pump sends what is queued (outcomes, the orphan check), then returns.
+    w.pump.stopping = True
+    w.pump.wake.set()
+    grace = max(5.0, w.block_timeout_s)
+    if not await Tree.wait(unit, grace):
+        log.error("worker %s: could not write queued outcomes within %.0fs (Redis "
+                  "unreachable?); the stall sweeper will recover their jobs",
+                  w.worker_id, grace)
+        return
+    with contextlib.suppress(*REDIS_ERRORS):
+        await w.client.delete(w.wake_key)
+    # Everything still active under our id (jobs cut off above, jobs of a
+    # claim that was in flight when the close began) goes back at once.
+    await w.give_back(w.worker_id, within_s=grace)

@@ -15,7 +15,6 @@ pump or idle wait crashes, everything it held goes back to the queue at once
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import math
@@ -31,7 +30,7 @@ import redis.asyncio as aredis
 
 from rqsup import backoff
 from rqsup.errors import Code, InvalidOption, JobFailed
-from rqsup.queue.connection import REDIS_ERRORS, async_client, without_retries
+from rqsup.queue.connection import async_client, without_retries
 from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import AsyncDriver
 from rqsup.queue.options import build as build_options
@@ -271,7 +270,7 @@ class Worker:
                                      lambda: maintenance.heartbeat(self), queue=q))
         try:
             await self._stop.wait()
-            await self._drain(self._unit)
+            await maintenance.drain(self, self._unit)
         finally:
             for t in timers:
                 await tree.stop(t)
@@ -355,57 +354,6 @@ class Worker:
             await self._done.wait()
         elif self._own_client:
             await self.client.aclose()
-
-    async def _drain(self, unit: Supervised) -> None:
-        """Nothing is cancelled in the middle of a Redis call here: a cancel can
-        lose a reply (a claim's jobs would sit active until their lease ran out)."""
-        Tree.retire(unit)
-        self.claiming = False
-        self.pump.idle.set()  # the wait-for-work loop sees claiming off and returns
-        if self.pool is not None:
-            # Prefetched jobs still waiting for a child do not start now.
-            self.pool.draining = True
-            for r in self.running.values():
-                if not r.dispatched and not r.finished and r.task is not None:
-                    r.lost = True
-                    r.task.cancel()
-        with contextlib.suppress(*REDIS_ERRORS):
-            # No more hand-offs to us; and wake our own blocked wait.
-            await self.client.zrem(self.core.keys.idle, self.idle_member)
-            await self.client.zadd(self.wake_key, {"stop": 0})
-        deadline = time.monotonic() + self._close_timeout_s
-        while time.monotonic() < deadline:
-            # Every running job has a task (thread jobs await their thread in it).
-            tasks = [
-                r.task for r in self.running.values()
-                if r.task and not r.finished and not r.task.done()
-            ]
-            if not tasks or self._hurry.is_set():
-                break
-            hurry = asyncio.create_task(self._hurry.wait())
-            await asyncio.wait([*tasks, hurry], timeout=max(0.0, deadline - time.monotonic()),
-                               return_when=asyncio.FIRST_COMPLETED)
-            hurry.cancel()
-        for r in self.running.values():
-            if not r.finished:
-                r.lost = True
-                r.stop_reason = "shutdown"
-                if r.task:
-                    r.task.cancel()
-        # The pump sends what is queued (outcomes, the orphan check), then returns.
-        self.pump.stopping = True
-        self.pump.wake.set()
-        grace = max(5.0, self.block_timeout_s)
-        if not await Tree.wait(unit, grace):
-            log.error("worker %s: could not write queued outcomes within %.0fs (Redis "
-                      "unreachable?); the stall sweeper will recover their jobs",
-                      self.worker_id, grace)
-            return
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self.client.delete(self.wake_key)
-        # Everything still active under our id (jobs cut off above, jobs of a
-        # claim that was in flight when the close began) goes back at once.
-        await self.give_back(self.worker_id, within_s=grace)
 
     # -- jobs (the work itself is in jobrun) ----------------------------------------
 
