@@ -6,11 +6,11 @@ import asyncio
 from typing import Any
 
 import pytest
-import redis
 from redis.crc import key_slot
 
 from rqsup import AsyncQueue, FlowProducer, JobFailed, Queue
 from rqsup.errors import ClosedError, InvalidOption, JobStateError
+from rqsup.queue.connection import sync_client
 from rqsup.queue.flows import FlowCore
 from tests.helpers import await_until
 
@@ -164,7 +164,7 @@ def test_trim_events_has_no_floor(redis_url: str) -> None:
 
 
 def test_a_closed_producer_refuses_to_write(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     q = Queue("closed", connection=client)
     q.add("x")
     q.close()
@@ -456,7 +456,7 @@ def test_history_counts_and_buckets_per_minute(redis_url: str) -> None:
     assert q.get_metrics("wait", 0, 0)["count"] == 4
     week = q.get_metrics("completed")
     assert len(week["data"]) == 7 * 1440 and week["count"] == 3
-    [key] = q.client.keys(q.core.keys.history(done["minutes"][0]))
+    key = q.core.keys.history(done["minutes"][0])
     assert 7 * 86_400 <= q.client.ttl(key) <= 7 * 86_400 + 60  # bounded: it expires
     q.set_history(0)  # off: nothing more is written
     q.add("y")

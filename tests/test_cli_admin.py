@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from rqsup import Queue
 from rqsup.cli import main
+from rqsup.queue.connection import sync_client
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -83,10 +84,8 @@ def test_admin_commands_show_what_they_can_of_damaged_jobs(redis_url: str) -> No
     """A job with a broken field, a key of the wrong type and an id set aside:
     `jobs`, `status` and `events` show what could be read and say what is
     broken, with exit status 0 (no traceback, no empty --json)."""
-    import redis as redis_lib
-
     q = Queue("dmg", redis_url)
-    r = redis_lib.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     good = q.add("fine", {"n": 1})
     bad = q.add("broken", {"n": 2})
     r.hset(q.core.keys.job(bad.id), mapping={"data": "{nope", "attempts_made": "x"})

@@ -286,7 +286,7 @@ def test_tls_options(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, ok)).redis.ssl_ca_certs == ca
     plain = MINIMAL + '[redis]\nurl = "redis://h:6379/0"\nssl_ca_certs = "ca.pem"\n'
     assert only_problem(tmp_path, plain).endswith(
-        "redis.ssl_ca_certs: only applies to TLS: use a rediss:// url"
+        "redis.ssl_ca_certs: only applies to TLS: use a rediss:// url (or tls = true)"
     )
 
 

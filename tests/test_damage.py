@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from rqsup import FlowProducer, Queue
+from rqsup.queue.connection import sync_client
 from tests.helpers import wait_until
 from tests.procs import PROCS, config_text, started_ids, uid, write
 
@@ -115,7 +116,7 @@ def test_damaged_jobs_fail_alone_in_every_state(tmp_path: Path, redis_url: str, 
         [{"name": qn, "processor": f"{PROCS}:work", "mode": mode, "concurrency": 4}
          for mode, qn in qnames.items()],
         lease="3s", renew_interval="0.3s", stall_interval="0.5s"))
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     flows = FlowProducer(redis_url)
     expected: dict[tuple[str, str], tuple[str, str]] = {}
     good: list[Any] = []

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from rqsup import (
     AsyncFlowProducer,
@@ -25,6 +24,7 @@ from rqsup import (
     Queue,
     WaitingChildren,
 )
+from rqsup.queue.connection import sync_client
 from rqsup.queue.flows import FlowCore
 from rqsup.supervisor import ActiveJob, Worker
 from tests.helpers import await_until, wait_until
@@ -83,7 +83,7 @@ def fail(q: Queue, job_id: str, token: str, reason: str, retry_delay_ms: int = -
 
 
 def all_keys(redis_url: str) -> list[bytes]:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     try:
         return sorted(client.keys("*"))
     finally:

@@ -16,11 +16,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import redis.asyncio as aredis
 
 from rqsup import AsyncQueue, InvalidOption, Queue
 from rqsup.config.model import parse_config
 from rqsup.errors import ConfigError
+from rqsup.queue.connection import async_client
 from rqsup.queue.schedule import Schedule
 from rqsup.queue.schedulers import advance_to, op_advance_due
 from rqsup.queue.scripts import Script
@@ -360,7 +360,7 @@ async def running(url: str, queue: str, seen: list[tuple[str, float]], *, loops:
         return None
 
     worker = Worker(queue, proc, url=url, concurrency=4, block_timeout_s=1.0)
-    clients = [aredis.Redis.from_url(url) for _ in range(loops)]
+    clients = [async_client(url) for _ in range(loops)]
     sched_loops = [SchedulerLoop(c, [queue]) for c in clients]
     tasks = [asyncio.create_task(worker.run()), *(asyncio.create_task(s.run())
                                                   for s in sched_loops)]
@@ -491,7 +491,7 @@ def test_upsert_configured_twice_keeps_the_pending_run(redis_url: str) -> None:
     }, Path("inline.toml"))
 
     async def go() -> None:
-        client = aredis.Redis.from_url(redis_url)
+        client = async_client(redis_url)
         await upsert_configured(client, "rqsup", cfg.schedulers)
         await upsert_configured(client, "rqsup", cfg.schedulers)  # a restart
         await client.aclose()
@@ -513,7 +513,7 @@ def test_upsert_configured_twice_keeps_the_pending_run(redis_url: str) -> None:
     cfg2 = parse_config(raw, Path("inline.toml"))
 
     async def hup() -> list[str]:
-        client = aredis.Redis.from_url(redis_url)
+        client = async_client(redis_url)
         loop = SchedulerLoop(client, ["cq"])
         await reload(loop, client, cfg2)
         await client.aclose()

@@ -11,9 +11,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import pytest
-import redis
 
 from rqsup import AsyncQueue, Queue
+from rqsup.queue.connection import async_client
 from rqsup.queue.options import JobOptions
 from rqsup.queue.record import JobRecord
 from rqsup.supervisor import ActiveJob, Worker, maintenance
@@ -180,7 +180,7 @@ def test_a_lost_hand_off_is_given_back_at_once(redis_url: str) -> None:
         q = AsyncQueue("lossy-h", redis_url)
         w = Worker("lossy-h", proc, url=proxy.url, lease_s=30, block_timeout_s=20)
         task = asyncio.create_task(w.run())
-        r = redis.asyncio.Redis.from_url(redis_url)
+        r = async_client(redis_url)
         await await_until(lambda: r.zcard(q.core.keys.idle), "the worker registered idle")
         proxy.drop_reply_containing(b"attempts_started")  # the hand-off's pop
         job = await q.add("j", 1)

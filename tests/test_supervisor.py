@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
+from rqsup.queue.connection import sync_client
 from tests.helpers import wait_until
 from tests.procs import (
     PROCS,
@@ -268,7 +268,7 @@ def test_lost_lease_kills_the_child_and_drops_the_result(
     assert f"busy job {job.id}" in t
 
     # Someone else now holds the lease: the job is still active, with another token.
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     try:
         assert r.zscore(f"rqsup:{{{qname}}}:active", job.id) is not None
         r.hset(f"rqsup:{{{qname}}}:job:{job.id}", "token", "stolen")

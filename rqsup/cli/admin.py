@@ -65,15 +65,14 @@ def _target(config: Path | None, url: str | None, prefix: str | None
 @contextmanager
 def opened(name: str, url: str, prefix: str) -> Iterator[Queue]:
     """A Queue; library errors become one clear line and exit status 1."""
-    from redis.connection import parse_url
-
+    from rqsup.config.values import check_url
     from rqsup.errors import RqsupError
     from rqsup.queue.connection import CONNECTION_ERRORS, REDIS_ERRORS
     from rqsup.queue.faults import describe
     from rqsup.queue.queue import Queue
 
     try:
-        parse_url(url)  # type: ignore[no-untyped-call]
+        check_url(url)
     except ValueError as exc:
         raise click.BadParameter(f"{_redact(url)}: {exc}", param_hint="--url") from None
     from rqsup.queue.connection import sync_client

@@ -238,6 +238,8 @@ def check_redis(config: Config) -> list[CheckResult]:
     """Reachable, recent enough, and never evicting job keys."""
     import redis  # only the parent talks to Redis
 
+    from rqsup.queue.connection import sync_client
+
     rc = config.redis
     name = f"redis {rc.redacted_url}"
     kwargs: dict[str, Any] = {
@@ -246,12 +248,13 @@ def check_redis(config: Config) -> list[CheckResult]:
     }
     if rc.ssl_ca_certs is not None:
         kwargs["ssl_ca_certs"] = str(rc.ssl_ca_certs)
-    client = redis.Redis.from_url(rc.url, **kwargs)
+    client = sync_client(rc.url, **kwargs)
     try:
         try:
             client.ping()
-            info: dict[str, Any] = client.info("server")
-            info.update(client.info("memory"))
+            nodes = _per_node(client.info("server"))
+            for node, mem in _per_node(client.info("memory")).items():
+                nodes.setdefault(node, {}).update(mem)
         except redis.AuthenticationError as exc:
             return [CheckResult(name, FAIL, f"authentication failed: {exc}")]
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -260,10 +263,25 @@ def check_redis(config: Config) -> list[CheckResult]:
             return [CheckResult(name, FAIL, f"refused: {exc}")]
     finally:
         client.close()
-    results = [CheckResult(name, OK, "reachable")]
-    results.append(_version_result(str(info.get("redis_version", "0"))))
-    results.append(_policy_result(str(info.get("maxmemory_policy", "unknown"))))
-    return results
+    reach = "reachable" if len(nodes) == 1 else f"reachable: {len(nodes)} Cluster nodes"
+    versions = {n: str(i.get("redis_version", "0")) for n, i in nodes.items()}
+    oldest = min(versions, key=lambda n: _version_tuple(versions[n]))
+    version = _version_result(versions[oldest])
+    if len(nodes) > 1 and version.status != OK:
+        version = CheckResult(version.name, version.status, f"{version.detail} (on {oldest})")
+    policies = {n: str(i.get("maxmemory_policy", "unknown")) for n, i in nodes.items()}
+    bad = sorted(n for n, p in policies.items() if p != "noeviction")
+    policy = _policy_result(policies[bad[0]] if bad else "noeviction")
+    if len(nodes) > 1 and bad:
+        policy = CheckResult(policy.name, policy.status, f"{policy.detail} (on {', '.join(bad)})")
+    return [CheckResult(name, OK, reach), version, policy]
+
+
+def _per_node(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A Cluster client answers INFO with {node: info}; a single one with info."""
+    if info and all(isinstance(v, dict) for v in info.values()) and "redis_version" not in info:
+        return {str(k): dict(v) for k, v in info.items()}
+    return {"redis": dict(info)}
 
 
 def _unreachable(config: Config, name: str, exc: BaseException) -> CheckResult:
@@ -276,8 +294,12 @@ def _unreachable(config: Config, name: str, exc: BaseException) -> CheckResult:
                                  f"(data in {config.redis.private_dir})")
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+
+
 def _version_result(version: str) -> CheckResult:
-    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    parts = _version_tuple(version)
     if parts < MIN_REDIS:
         return CheckResult("redis version", FAIL, f"{version}: rqsup needs Redis 7.0 or newer")
     if parts < RECOMMENDED_REDIS:

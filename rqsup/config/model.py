@@ -40,6 +40,7 @@ from rqsup.config.values import (
     directories,
     env_table,
     existing_file,
+    host_ports,
     job_defaults,
     job_option_seconds,
 )
@@ -47,6 +48,7 @@ from rqsup.config.values import processor as processor_spec
 from rqsup.errors import ConfigError
 from rqsup.keys import validate_name, validate_prefix
 from rqsup.queue import options as options_mod
+from rqsup.queue.endpoints import from_parts, is_tls
 
 __all__ = [
     "Config", "ConfigError", "QueueConfig", "RedisConfig", "SandboxConfig", "SchedulerConfig",
@@ -77,6 +79,9 @@ class RedisConfig:
     ssl_ca_certs: Path | None = None
     start_private: bool = False
     private_dir: Path = Path("var/redis")
+    #: After the writes that matter (add, complete, fail), WAIT until this
+    #: many replicas have them (0: Redis's asynchronous replication only).
+    wait_replicas: int = 0
 
     @property
     def redacted_url(self) -> str:
@@ -86,7 +91,7 @@ class RedisConfig:
         return (
             f"RedisConfig(url={self.redacted_url!r}, prefix={self.prefix!r}, "
             f"ssl_ca_certs={self.ssl_ca_certs!r}, start_private={self.start_private!r}, "
-            f"private_dir={self.private_dir!r})"
+            f"private_dir={self.private_dir!r}, wait_replicas={self.wait_replicas!r})"
         )
 
 
@@ -227,8 +232,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     top = Table(raw, "", ("redis", "supervisor", "queues", "schedulers", "metrics",
                           "dashboard"), problems)
     base_dir = path.resolve().parent
-    redis_cfg = _redis(top.table("redis", ("url", "prefix", "ssl_ca_certs", "start_private",
-                                           "private_dir")), base_dir)
+    redis_cfg = _redis(top.table("redis", _REDIS_KEYS), base_dir)
     supervisor = _supervisor(top.table("supervisor", _SUPERVISOR_KEYS), base_dir)
     queues = _queues(top, problems)
     schedulers = parse_schedulers(top, problems, job_option_seconds)
@@ -271,7 +275,7 @@ def redact_url(url: str) -> str:
     query = parts.query
     if "password" in query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+        query = urlencode([(k, "***" if "password" in k else v) for k, v in pairs], safe="*")
     if (netloc, query) == (parts.netloc, parts.query):
         return url
     # Built by hand: urlunsplit would turn unix:///path into unix:/path.
@@ -300,12 +304,47 @@ _SANDBOX_KEYS = (
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 
 
+_REDIS_KEYS = ("url", "prefix", "ssl_ca_certs", "start_private", "private_dir",
+               "cluster_nodes", "sentinels", "master", "db", "tls", "wait_replicas")
+
+
+def _url_from_parts(t: Table) -> str | None:
+    """``cluster_nodes = [...]`` or ``sentinels = [...]`` + ``master``: the
+    same thing as a redis+cluster:// or redis+sentinel:// url."""
+    nodes = t.get("cluster_nodes", host_ports, None)
+    sentinels = t.get("sentinels", host_ports, None)
+    master = t.get("master", string, None)
+    db = t.get("db", integer(0, 10_000), 0)
+    tls = t.get("tls", boolean, False)
+    given = [k for k in ("url", "cluster_nodes", "sentinels") if k in t.raw]
+    if len(given) > 1:
+        t.problem(given[1], f"give one of url, cluster_nodes and sentinels, not {given}")
+        return None
+    if master is not None and sentinels is None:
+        t.problem("master", "only applies with sentinels = [...]")
+    if nodes is not None:
+        if db:
+            t.problem("db", "a Redis Cluster has only database 0")
+        return from_parts("cluster", nodes, tls=tls)
+    if sentinels is not None:
+        if master is None:
+            t.problem("master", "is required with sentinels = [...]: the name the sentinels "
+                                "monitor the primary under")
+            return None
+        return from_parts("sentinel", sentinels, master=master, db=db, tls=tls)
+    for key in ("db", "tls"):
+        if key in t.raw:
+            t.problem(key, "only applies with cluster_nodes or sentinels (put it in the url)")
+    return None
+
+
 def _redis(t: Table, base_dir: Path) -> RedisConfig:
-    url = t.get("url", check_url, RedisConfig.url, show=_show_url)
+    url = _url_from_parts(t) or t.get("url", check_url, RedisConfig.url, show=_show_url)
     prefix = t.get("prefix", validate_prefix, "rqsup", show=None)
     ca = t.get("ssl_ca_certs", lambda v: existing_file(v, base_dir), None)
-    if ca is not None and not url.startswith("rediss://"):
-        t.problem("ssl_ca_certs", "only applies to TLS: use a rediss:// url")
+    if ca is not None and not is_tls(url):
+        t.problem("ssl_ca_certs", "only applies to TLS: use a rediss:// url (or tls = true)")
+    wait_replicas = t.get("wait_replicas", integer(0, 16), 0)
     start_private = t.get("start_private", boolean, False)
     private_dir = t.get("private_dir", string, "var/redis")
     return RedisConfig(
@@ -314,6 +353,7 @@ def _redis(t: Table, base_dir: Path) -> RedisConfig:
         ssl_ca_certs=ca,
         start_private=start_private,
         private_dir=(base_dir / Path(private_dir).expanduser()).resolve(),
+        wait_replicas=wait_replicas,
     )
 
 

@@ -14,7 +14,6 @@ from rqsup.config.tomltable import Table, as_toml, string
 from rqsup.queue import options as options_mod
 from rqsup.sandbox.hygiene import AccountError, resolve_account
 
-URL_SCHEMES = ("redis", "rediss", "unix")
 #: Job options a queue may default; the worker applies them at run time to
 #: jobs that did not set them (see docs/configuration.md).
 JOB_DEFAULT_KEYS = (
@@ -66,11 +65,17 @@ def job_option_seconds(key: str, value: Any) -> Any:
 
 
 def check_url(value: Any) -> str:
+    from rqsup.queue.endpoints import EndpointError, parse
+
     if not isinstance(value, str) or not value:
         raise ValueError("must be a URL such as redis://127.0.0.1:6379/0")
+    try:
+        ep = parse(value)
+    except EndpointError as exc:
+        raise ValueError(str(exc)) from None
+    if ep.kind != "single":
+        return value
     parts = urlsplit(value)
-    if parts.scheme not in URL_SCHEMES:
-        raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
     try:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
@@ -83,6 +88,20 @@ def check_url(value: Any) -> str:
         if db and not db.isdigit():
             raise ValueError("database must be a number, e.g. redis://127.0.0.1:6379/0")
     return value
+
+
+def host_ports(value: Any) -> list[str]:
+    """``["host:port", ...]``: Cluster seed nodes or sentinels."""
+    from rqsup.queue.endpoints import EndpointError, _hostport
+
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError('must be a non-empty list of "host:port" strings')
+    try:
+        for v in value:
+            _hostport(v, "a")
+    except EndpointError as exc:
+        raise ValueError(str(exc).replace("a node", "node")) from None
+    return list(value)
 
 
 def existing_file(value: Any, base_dir: Path) -> Path:

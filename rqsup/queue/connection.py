@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
+from rqsup.queue import endpoints
+from rqsup.queue.endpoints import Endpoint
 
 try:
     from hiredis import pack_command as _hiredis_pack_command
@@ -29,16 +32,59 @@ _RETRIES = 1
 SOCKET_TIMEOUT_S = 30.0
 
 
+def _options(ep: Endpoint, retry: Any, extra: dict[str, Any],
+             url_has_auth: bool = False) -> dict[str, Any]:
+    """rqsup's defaults, the URL's credentials, then the caller's ``extra``."""
+    base = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": 5.0, "retry": retry}
+    return {**base, **({} if url_has_auth else _auth(ep)), **extra}
+
+
+def _auth(ep: Endpoint) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if ep.username:
+        out["username"] = ep.username
+    if ep.password is not None:
+        out["password"] = ep.password
+    if ep.tls:
+        out["ssl"] = True
+    return out
+
+
+def _sentinel_kwargs(ep: Endpoint, extra: dict[str, Any]) -> dict[str, Any]:
+    """Sentinels answer quickly or not at all; they share the TLS settings."""
+    kw: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0, **ep.sentinel_auth}
+    if ep.tls:
+        kw["ssl"] = True
+        kw.update({k: v for k, v in extra.items() if k.startswith("ssl_")})
+    return kw
+
+
 def sync_client(url: str | None, **extra: Any) -> redis.Redis:
-    """``extra``: connection options such as ``ssl_ca_certs``."""
-    return redis.Redis.from_url(
-        url or DEFAULT_URL,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=5.0,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
-        health_check_interval=30,
-        **extra,
-    )
+    """``extra``: connection options such as ``ssl_ca_certs``. A Cluster or
+    Sentinel URL gives a client of that kind (it answers every call rqsup
+    makes as :class:`redis.Redis` does, so it is typed as one)."""
+    url = url or DEFAULT_URL
+    ep = endpoints.parse(url)
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES)
+    if ep.kind == "cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        seeds = [ClusterNode(h, p) for h, p in ep.nodes]  # type: ignore[no-untyped-call]
+        cluster = RedisCluster(startup_nodes=seeds, **_options(ep, retry, extra))
+        cluster._rqsup_url = url  # type: ignore[attr-defined]
+        return cast(redis.Redis, cluster)
+    if ep.kind == "sentinel":
+        from redis.sentinel import Sentinel
+
+        assert ep.master is not None
+        s = Sentinel(list(ep.nodes),  # type: ignore[no-untyped-call]
+                     sentinel_kwargs=_sentinel_kwargs(ep, extra))
+        client = s.master_for(ep.master, db=ep.db,  # type: ignore[no-untyped-call]
+                              health_check_interval=30, **_options(ep, retry, extra))
+        client._rqsup_url = url
+        return cast(redis.Redis, client)
+    return redis.Redis.from_url(url, health_check_interval=30,
+                                **_options(ep, retry, extra, url_has_auth=True))
 
 
 def async_client(url: str | None, *, retries: int = _RETRIES, **extra: Any) -> aredis.Redis:
@@ -46,24 +92,76 @@ def async_client(url: str | None, *, retries: int = _RETRIES, **extra: Any) -> a
 
     ``retries=0`` for a worker: a claim whose reply was lost must not be
     re-sent behind its back (it would claim a second batch); the worker
-    resends itself and gives back what a lost reply may have claimed."""
-    client = aredis.Redis.from_url(
-        url or DEFAULT_URL,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=5.0,
-        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries),
-        health_check_interval=30,
-        **extra,
-    )
+    resends itself and gives back what a lost reply may have claimed.
+    A Cluster client still follows MOVED and ASK redirects (the command did
+    not run there) whatever ``retries`` says."""
+    url = url or DEFAULT_URL
+    ep = endpoints.parse(url)
+    retry = AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries)
+    client: aredis.Redis
+    if ep.kind == "cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in ep.nodes],
+                               **_options(ep, retry, extra))
+        cluster._rqsup_url = url  # type: ignore[attr-defined]
+        cluster._rqsup_retries = retries  # type: ignore[attr-defined]
+        return cast(aredis.Redis, cluster)
+    if ep.kind == "sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        assert ep.master is not None
+        s = Sentinel(list(ep.nodes),  # type: ignore[no-untyped-call]
+                     sentinel_kwargs=_sentinel_kwargs(ep, extra))
+        client = s.master_for(ep.master, db=ep.db, health_check_interval=30,
+                              **_options(ep, retry, extra))
+    else:
+        client = aredis.Redis.from_url(url, health_check_interval=30,
+                                       **_options(ep, retry, extra, url_has_auth=True))
+    client._rqsup_url = url  # type: ignore[attr-defined]
+    client._rqsup_retries = retries  # type: ignore[attr-defined]
     _fast_packing(client)
     return client
+
+
+def is_cluster(client: Any) -> bool:
+    """A redis-py Cluster client (sync or asyncio)."""
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster | AsyncCluster)
+
+
+def client_key(client: Any) -> int:
+    """What identifies a client's connections, for sharing per-client state
+    (sibling clients on one pool share it)."""
+    return id(getattr(client, "connection_pool", client))
+
+
+def never_resends(client: Any) -> bool:
+    """The client's retry policy is no retries (see :func:`async_client`)."""
+    retry = getattr(client, "retry", None) if is_cluster(client) else client.get_retry()
+    return retry is not None and retry.get_retries() == 0
 
 
 def without_retries(client: aredis.Redis) -> aredis.Redis:
     """A client to the same server as ``client`` (same address, credentials and
     TLS settings), with a pool of its own whose connections never re-send a
     command (see :func:`async_client`)."""
+    url = getattr(client, "_rqsup_url", None)
+    if is_cluster(client) or (url is not None and endpoints.parse(url).kind != "single"):
+        if getattr(client, "_rqsup_retries", None) == 0:
+            return client
+        if url is None:
+            raise ValueError("a worker on Redis Cluster needs a client made by rqsup "
+                             "(rqsup.queue.connection.async_client) or a URL")
+        return async_client(url, retries=0)
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
     pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        raise ValueError("a worker on Sentinel needs a client made by rqsup "
+                         "(rqsup.queue.connection.async_client) or a URL")
     kwargs = dict(pool.connection_kwargs)
     kwargs["retry"] = AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 0)
     own = aredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)

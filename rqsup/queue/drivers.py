@@ -3,8 +3,9 @@
 This is the only I/O layer of the producer API; the two drivers mirror each
 other and hold no queue logic. A driver loads every script once, up front,
 so that a pipeline never meets NOSCRIPT half-way (re-running the missing
-calls afterwards would reorder them); after a Redis restart it loads them all
-again and re-runs only the calls that did not run.
+calls afterwards would reorder them); after a Redis restart, a failover or
+a new Cluster node it loads them all again (on every primary of a Cluster)
+and re-runs only the calls that did not run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import redis.asyncio as aredis
 from redis.exceptions import NoScriptError
 
 from rqsup.errors import ClosedError
+from rqsup.queue.connection import is_cluster
 from rqsup.queue.scripts import SCRIPTS, Command, Op, Request, Script
 
 T = TypeVar("T")
@@ -32,6 +34,13 @@ def _run(client: redis.Redis, *args: Any) -> Any:
 
 async def _arun(client: aredis.Redis, *args: Any) -> Any:
     return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _one(reply: Any) -> Any:
+    """A Cluster client gives a routed command's reply as {node: reply}."""
+    if isinstance(reply, dict) and len(reply) == 1:
+        return next(iter(reply.values()))
+    return reply
 
 
 def _check(results: list[Any]) -> list[Any]:
@@ -61,6 +70,13 @@ class SyncDriver(_Closable):
         self.loaded = False
 
     def load_scripts(self) -> None:
+        if is_cluster(self.client):
+            # SCRIPT LOAD goes to every primary; a cluster pipeline cannot
+            # send one command to several nodes.
+            for s in SCRIPTS.values():
+                self.client.script_load(s.source)
+            self.loaded = True
+            return
         pipe = self.client.pipeline(transaction=False)
         for s in SCRIPTS.values():
             pipe.execute_command("SCRIPT", "LOAD", s.source)  # type: ignore[no-untyped-call]
@@ -74,6 +90,9 @@ class SyncDriver(_Closable):
         if isinstance(req, Script):
             return self._script(req)
         if isinstance(req, Command):
+            if req.route is not None and is_cluster(self.client):
+                node = self.client.get_node_from_key(req.route)  # type: ignore[attr-defined]
+                return _one(self.client.execute_command(*req.args, target_nodes=node))  # type: ignore[no-untyped-call]
             return _run(self.client, *req.args)
         return self._batch(req.requests, check=not req.errors_in_place)
 
@@ -112,6 +131,11 @@ class AsyncDriver(_Closable):
         self.loaded = False
 
     async def load_scripts(self) -> None:
+        if is_cluster(self.client):
+            for s in SCRIPTS.values():
+                await self.client.script_load(s.source)
+            self.loaded = True
+            return
         pipe = self.client.pipeline(transaction=False)
         for s in SCRIPTS.values():
             pipe.execute_command("SCRIPT", "LOAD", s.source)
@@ -125,6 +149,9 @@ class AsyncDriver(_Closable):
         if isinstance(req, Script):
             return await self._script(req)
         if isinstance(req, Command):
+            if req.route is not None and is_cluster(self.client):
+                node = self.client.get_node_from_key(req.route)  # type: ignore[attr-defined]
+                return _one(await self.client.execute_command(*req.args, target_nodes=node))  # type: ignore[no-untyped-call]
             return await _arun(self.client, *req.args)
         if req.errors_in_place:
             return await self.execute_each(req.requests)

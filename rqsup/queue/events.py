@@ -19,6 +19,7 @@ import redis.asyncio as aredis
 
 from rqsup.keys import QueueKeys
 from rqsup.queue import codec
+from rqsup.queue.connection import async_client
 
 log = logging.getLogger("rqsup.events")
 
@@ -115,7 +116,7 @@ class QueueEvents:
         last_id: str = "$",
     ) -> None:
         self.keys = QueueKeys(prefix, queue)
-        self.client = connection or aredis.Redis.from_url(url or "redis://localhost:6379")
+        self.client = connection or async_client(url)
         self._own_client = connection is None
         self.last_id = last_id
         self._callbacks: dict[str, list[Callback]] = {}

@@ -12,9 +12,9 @@ import redis
 import redis.asyncio as aredis
 
 from rqsup.queue import codec, tracehook
-from rqsup.queue.connection import async_client, sync_client
+from rqsup.queue.connection import async_client, is_cluster, sync_client
 from rqsup.queue.drivers import AsyncDriver, SyncDriver
-from rqsup.queue.flows import FlowCore, FlowJob, _is_cluster
+from rqsup.queue.flows import FlowCore, FlowJob
 
 
 def _root(tree: Any) -> tuple[str, str]:
@@ -37,7 +37,7 @@ class FlowProducer:
                  max_data_bytes: int = codec.DEFAULT_MAX_DATA_BYTES) -> None:
         self.client = connection if connection is not None else sync_client(url)
         self._own_client = connection is None
-        self.core = FlowCore(prefix, cluster=_is_cluster(self.client),
+        self.core = FlowCore(prefix, cluster=is_cluster(self.client),
                              max_data_bytes=max_data_bytes)
         self._driver = SyncDriver(self.client)
 
@@ -86,7 +86,7 @@ class AsyncFlowProducer:
                  max_data_bytes: int = codec.DEFAULT_MAX_DATA_BYTES) -> None:
         self.client = connection if connection is not None else async_client(url)
         self._own_client = connection is None
-        self.core = FlowCore(prefix, cluster=_is_cluster(self.client),
+        self.core = FlowCore(prefix, cluster=is_cluster(self.client),
                              max_data_bytes=max_data_bytes)
         self._driver = AsyncDriver(self.client)
 

@@ -61,16 +61,6 @@ class _Spec(NamedTuple):
     values: tuple[Any, ...]  # ARGV values after the queue index
 
 
-def _is_cluster(client: Any) -> bool:
-    """A redis-py cluster client (sync or asyncio); imported lazily."""
-    try:
-        from redis.asyncio.cluster import RedisCluster as AsyncCluster
-        from redis.cluster import RedisCluster
-    except ImportError:  # pragma: no cover - redis-py always has them
-        return False
-    return isinstance(client, RedisCluster | AsyncCluster)
-
-
 class FlowCore:
     """Flow operations for one key prefix; no I/O of its own (see core.py)."""
 

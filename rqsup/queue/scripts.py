@@ -95,9 +95,11 @@ class Script:
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """One plain Redis command (reads, SCAN, UNLINK)."""
+    """One plain Redis command (reads, SCAN, UNLINK). ``route``: a key whose
+    node must run it, for a keyless command (SCAN) on a Cluster."""
 
     args: tuple[Any, ...]
+    route: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import redis.asyncio as aredis
 
 from rqsup.errors import JobFailed, JobNotFound
 from rqsup.queue import codec
-from rqsup.queue.connection import reraise_if_cancelling
+from rqsup.queue.connection import client_key, reraise_if_cancelling
 from rqsup.queue.events import (
     BLOCK_MS,
     Event,
@@ -155,7 +155,7 @@ class SyncEventReader(threading.Thread):
 
     @classmethod
     def for_queue(cls, client: redis.Redis, key: str, start_id: str | None) -> SyncEventReader:
-        ident = (id(client.connection_pool), key)
+        ident = (client_key(client), key)
         with cls._registry_lock:
             reader = cls._registry.get(ident)
             if reader is None or reader.halt.is_set() or not reader.is_alive():
@@ -168,7 +168,7 @@ class SyncEventReader(threading.Thread):
     def stop_for(cls, client: redis.Redis) -> None:
         """Stop the readers that use ``client`` (its owner is closing it); each
         ends within one block interval."""
-        pool = id(client.connection_pool)
+        pool = client_key(client)
         with cls._registry_lock:
             for ident in [i for i in cls._registry if i[0] == pool]:
                 cls._registry.pop(ident).halt.set()
@@ -223,7 +223,7 @@ class AsyncEventReader:
     ) -> AsyncEventReader:
         loop = asyncio.get_running_loop()
         readers = cls._registry.setdefault(loop, {})
-        ident = (id(client.connection_pool), key)
+        ident = (client_key(client), key)
         reader = readers.get(ident)
         if reader is None or reader.task is None or reader.task.done():
             start = start_id or await alast_stream_id(client, key)
@@ -238,7 +238,7 @@ class AsyncEventReader:
     def stop_for(cls, client: aredis.Redis) -> None:
         """Cancel this loop's readers that use ``client`` (it is being closed)."""
         readers = cls._registry.get(asyncio.get_running_loop(), {})
-        pool = id(client.connection_pool)
+        pool = client_key(client)
         for ident in [i for i in readers if i[0] == pool]:
             task = readers.pop(ident).task
             if task is not None:

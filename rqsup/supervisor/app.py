@@ -152,8 +152,8 @@ class Supervisor:
         return {"ssl_ca_certs": str(rc.ssl_ca_certs)} if rc.ssl_ca_certs else {}
 
     async def _probe(self, url: str) -> None:
-        probe = aredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2,
-                                      **self._tls())
+        probe = async_client(url, retries=0, socket_connect_timeout=2, socket_timeout=2,
+                             **self._tls())
         try:
             await probe.ping()
         finally:

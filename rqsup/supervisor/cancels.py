@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from rqsup.errors import JobCancelled, error_info
-from rqsup.queue.connection import REDIS_ERRORS, reraise_if_cancelling
+from rqsup.queue.connection import REDIS_ERRORS, is_cluster, reraise_if_cancelling
 from rqsup.queue.faults import Episode
 from rqsup.supervisor.active import Running
 from rqsup.supervisor.joblog import job_line
@@ -104,8 +104,13 @@ async def listen(w: Worker) -> None:
     episode = Episode(f"queue {w.queue_name}: cancel messages", log)
     channel = w.core.keys.cancel_channel
     while True:
-        pubsub = w.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = None
         try:
+            if is_cluster(w.client):
+                # Its pub/sub finds the channel's node in the slot map, which
+                # an uninitialised client does not have yet.
+                await w.client.initialize()
+            pubsub = w.client.pubsub(ignore_subscribe_messages=True)
             await pubsub.subscribe(channel)
             episode.ok()
             while True:
@@ -119,7 +124,8 @@ async def listen(w: Worker) -> None:
             delay = episode.note(exc)
             await asyncio.sleep(delay)
         finally:
-            await asyncio.shield(_close(pubsub))
+            if pubsub is not None:
+                await asyncio.shield(_close(pubsub))
 
 
 async def _close(pubsub: Any) -> None:

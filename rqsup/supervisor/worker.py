@@ -30,7 +30,7 @@ import redis.asyncio as aredis
 
 from rqsup import backoff
 from rqsup.errors import Code, InvalidOption, JobFailed
-from rqsup.queue.connection import async_client, without_retries
+from rqsup.queue.connection import async_client, never_resends, without_retries
 from rqsup.queue.core import QueueCore
 from rqsup.queue.drivers import AsyncDriver
 from rqsup.queue.options import build as build_options
@@ -174,9 +174,8 @@ class Worker:
         if connection is None:
             self.client = async_client(url, retries=0)
         else:
-            retry = connection.get_retry()
-            no_retries = retry is not None and retry.get_retries() == 0
-            self.client = connection if no_retries else without_retries(connection)
+            self.client = connection if never_resends(connection) else \
+                without_retries(connection)
         self._own_client = self.client is not connection
         self.block_client = self.client
         #: How long a short claim registers us for hand-offs: past our next
