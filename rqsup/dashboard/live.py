@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rqsup.dashboard.data import Data
-from rqsup.queue.connection import REDIS_ERRORS
+from rqsup.queue.connection import REDIS_ERRORS, xread_many
 from rqsup.queue.events import parse_entries
 
 log = logging.getLogger("rqsup.dashboard")
@@ -79,7 +79,7 @@ class Live:
                     await asyncio.sleep(1.0)
                     continue
                 streams: Any = dict(last)
-                reply: Any = await self.data.client.xread(streams, count=500, block=500)
+                reply: Any = await xread_many(self.data.client, streams, count=500, block=500)
                 for key, entries in reply or []:
                     k = key.decode() if isinstance(key, bytes) else str(key)
                     found = keys.get(k)

@@ -43,11 +43,12 @@ class AsyncQueue:
         prefix: str = "rqsup",
         default_job_options: Mapping[str, Any] | None = None,
         max_data_bytes: int = codec.DEFAULT_MAX_DATA_BYTES,
+        wait_replicas: int = 0,
     ) -> None:
         self.core = QueueCore(name, prefix, default_job_options, max_data_bytes)
         self.client = connection if connection is not None else async_client(url)
         self._own_client = connection is None
-        self._driver = AsyncDriver(self.client)
+        self._driver = AsyncDriver(self.client, wait_replicas)
 
     @property
     def name(self) -> str:

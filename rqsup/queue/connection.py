@@ -193,6 +193,24 @@ def _fast_packing(client: aredis.Redis) -> None:
     )
 
 
+async def xread_many(client: aredis.Redis, streams: dict[Any, Any], *, count: int,
+                     block: int) -> list[Any]:
+    """XREAD over several streams. On a Cluster one XREAD can only name keys
+    of one slot, so each slot gets its own blocking read, all in flight at
+    once; the replies are joined (a slot with nothing new costs the block)."""
+    if not is_cluster(client) or len(streams) < 2:
+        return list(await client.xread(streams, count=count, block=block) or [])
+    from redis.crc import key_slot
+
+    by_slot: dict[int, dict[Any, Any]] = {}
+    for key, pos in streams.items():
+        raw = key.encode() if isinstance(key, str) else key
+        by_slot.setdefault(key_slot(raw), {})[key] = pos
+    replies = await asyncio.gather(*(client.xread(part, count=count, block=block)
+                                     for part in by_slot.values()))
+    return [entry for reply in replies for entry in (reply or [])]
+
+
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
 #: Everything a Redis call can raise (see rqsup.queue.faults for what each means).
 REDIS_ERRORS = (redis.RedisError, ConnectionError, OSError)

@@ -10,6 +10,7 @@ and re-runs only the calls that did not run.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -34,6 +35,54 @@ def _run(client: redis.Redis, *args: Any) -> Any:
 
 async def _arun(client: aredis.Redis, *args: Any) -> Any:
     return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+#: The writes that ``wait_replicas`` makes wait for replicas: a job accepted,
+#: a result recorded. A lost claim or renewal is recovered (the job runs again).
+DURABLE = frozenset({"add", "add_flow", "add_children", "add_to_parent", "complete", "fail",
+                     "move_to_waiting_children", "cancel"})
+#: How long a WAIT waits for the replicas before the call returns anyway.
+WAIT_TIMEOUT_MS = 1000
+log = logging.getLogger("rqsup.redis")
+
+
+def _pipeline_plan(client: Any, reqs: Sequence[Script | Command],
+                   wait_replicas: int) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The pipeline's commands: each request, then the WAITs that make its
+    durable writes wait for replicas (on a Cluster one per node written,
+    sent on that node's connection, as WAIT counts that connection's writes)."""
+    plan: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    for r in reqs:
+        if isinstance(r, Script):
+            plan.append((_eval_args(r), {}))
+        elif r.route is not None and is_cluster(client):
+            plan.append((r.args, {"target_nodes": client.get_node_from_key(r.route)}))
+        else:
+            plan.append((r.args, {}))
+    durable = [r for r in reqs if isinstance(r, Script) and r.name in DURABLE and r.keys]
+    if wait_replicas <= 0 or not durable:
+        return plan
+    wait = ("WAIT", wait_replicas, WAIT_TIMEOUT_MS)
+    if not is_cluster(client):
+        return [*plan, (wait, {})]
+    nodes = {}
+    for r in durable:
+        node = client.get_node_from_key(r.keys[0])
+        nodes[node.name] = node
+    return plan + [(wait, {"target_nodes": n}) for n in nodes.values()]
+
+
+def _note_waits(replies: list[Any], wanted: int) -> None:
+    for got in replies:
+        if isinstance(got, Exception) or int(got) < wanted:
+            log.warning("wait_replicas = %d: %s within %d ms; the write stands on the "
+                        "primary", wanted, f"only {got} replica(s) confirmed"
+                        if not isinstance(got, Exception) else f"WAIT failed ({got})",
+                        WAIT_TIMEOUT_MS)
+
+
+def _needs_wait(req: Script, wait_replicas: int) -> bool:
+    return wait_replicas > 0 and req.name in DURABLE
 
 
 def _one(reply: Any) -> Any:
@@ -65,9 +114,12 @@ class _Closable:
 
 
 class SyncDriver(_Closable):
-    def __init__(self, client: redis.Redis) -> None:
+    """``wait_replicas``: see :data:`DURABLE` and docs/cluster.md."""
+
+    def __init__(self, client: redis.Redis, wait_replicas: int = 0) -> None:
         self.client = client
         self.loaded = False
+        self.wait_replicas = wait_replicas
 
     def load_scripts(self) -> None:
         if is_cluster(self.client):
@@ -97,6 +149,8 @@ class SyncDriver(_Closable):
         return self._batch(req.requests, check=not req.errors_in_place)
 
     def _script(self, s: Script) -> Any:
+        if _needs_wait(s, self.wait_replicas):
+            return self._batch([s])[0]
         try:
             return _run(self.client, *_eval_args(s))
         except NoScriptError:
@@ -105,9 +159,11 @@ class SyncDriver(_Closable):
 
     def _batch(self, reqs: Sequence[Script | Command], check: bool = True) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
-        for r in reqs:
-            pipe.execute_command(*(_eval_args(r) if isinstance(r, Script) else r.args))  # type: ignore[no-untyped-call]
+        for args, kwargs in _pipeline_plan(self.client, reqs, self.wait_replicas):
+            pipe.execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
         results = pipe.execute(raise_on_error=False)
+        _note_waits(results[len(reqs):], self.wait_replicas)
+        results = results[:len(reqs)]
         if any(isinstance(r, NoScriptError) for r in results):
             self.load_scripts()
             for i, res in enumerate(results):
@@ -126,9 +182,12 @@ class SyncDriver(_Closable):
 
 
 class AsyncDriver(_Closable):
-    def __init__(self, client: aredis.Redis) -> None:
+    """``wait_replicas``: see :data:`DURABLE` and docs/cluster.md."""
+
+    def __init__(self, client: aredis.Redis, wait_replicas: int = 0) -> None:
         self.client = client
         self.loaded = False
+        self.wait_replicas = wait_replicas
 
     async def load_scripts(self) -> None:
         if is_cluster(self.client):
@@ -158,6 +217,8 @@ class AsyncDriver(_Closable):
         return await self._batch(req.requests)
 
     async def _script(self, s: Script) -> Any:
+        if _needs_wait(s, self.wait_replicas):
+            return (await self._batch([s]))[0]
         try:
             return await _arun(self.client, *_eval_args(s))
         except NoScriptError:
@@ -175,9 +236,11 @@ class AsyncDriver(_Closable):
         if not self.loaded:
             await self.load_scripts()
         pipe = self.client.pipeline(transaction=False)
-        for r in reqs:
-            pipe.execute_command(*(_eval_args(r) if isinstance(r, Script) else r.args))
+        for args, kwargs in _pipeline_plan(self.client, reqs, self.wait_replicas):
+            pipe.execute_command(*args, **kwargs)
         results: list[Any] = await pipe.execute(raise_on_error=False)
+        _note_waits(results[len(reqs):], self.wait_replicas)
+        results = results[:len(reqs)]
         if any(isinstance(r, NoScriptError) for r in results):
             await self.load_scripts()
             for i, res in enumerate(results):

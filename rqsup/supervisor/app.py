@@ -223,6 +223,7 @@ class Supervisor:
             max_stalled_count=s.max_stalled_count, block_timeout_s=s.block_timeout_s,
             job_defaults=q.defaults, sandbox=sandbox_settings(q.sandbox),
             metrics=self.exporter.metrics if self.exporter is not None else None,
+            wait_replicas=self.config.redis.wait_replicas,
         )
         if self.exporter is not None and w.pool is not None:
             restarts = self.exporter.metrics.child_restarts

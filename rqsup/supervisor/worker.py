@@ -111,6 +111,7 @@ class Worker:
         sandbox: SandboxSettings | None = None,
         prefetch: int | None = None,
         metrics: Metrics | None = None,
+        wait_replicas: int = 0,
     ) -> None:
         parts = self._parts
         if mode not in MODES:
@@ -181,7 +182,7 @@ class Worker:
         #: How long a short claim registers us for hand-offs: past our next
         #: re-claim (one block timeout), so a live idle worker stays listed.
         self.idle_ms = round((block_timeout_s + 1.0) * 1000)
-        self.driver = AsyncDriver(self.client)
+        self.driver = AsyncDriver(self.client, wait_replicas)
         self.started_at = time.time()
         self.running: dict[str, Running] = {}  # by token
         self.events = LocalEvents()

@@ -1,0 +1,189 @@
+"""Failover runs: real supervisors process jobs while a Cluster primary or a
+Sentinel primary is failed over under them.
+
+The processor (tests.fixtures.chaos_procs:work) writes every execution to a
+ledger outside Redis. The verdict checks: every job completed (nothing
+lost), every second execution explained (its first run started before the
+last failover and the second after a failover began: the lease of a claim
+or a result Redis acknowledged but never replicated), and every supervisor
+completing jobs again within ``recover_bound_s`` of the topology being
+healthy again. ``tests/test_failover.py`` runs it at CI size;
+``benchmarks/bench_cluster.py --failover`` longer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rqsup import Queue
+from rqsup.queue.connection import sync_client
+from tests.procs import Supervisor, config_text, uid
+
+PROC = "tests.fixtures.chaos_procs:work"
+
+
+def wait_for_replicas(q: Queue, timeout_ms: int = 5000) -> None:
+    """WAIT on the connection (on a Cluster: the node) that holds the queue."""
+    c: Any = q.client
+    if hasattr(c, "get_node_from_key"):
+        c.execute_command("WAIT", 1, timeout_ms, target_nodes=c.get_node_from_key(
+            q.core.keys.wait))
+    else:
+        c.execute_command("WAIT", 1, timeout_ms)
+
+
+@dataclass
+class Fault:
+    kind: str
+    began_ns: int
+    healthy_ns: int = 0
+
+
+@dataclass
+class Run:
+    workdir: Path
+    url: str
+    jobs: int = 5000
+    supervisors: int = 2
+    concurrency: int = 2
+    mode: str = "process"
+    #: Within this long after the topology is healthy again, every supervisor
+    #: completes jobs again.
+    recover_bound_s: float = 15.0
+    wait_replicas: int = 0
+    queue: str = field(default_factory=lambda: f"fo-{uid()}")
+    faults: list[Fault] = field(default_factory=list)
+    sups: list[Supervisor] = field(default_factory=list)
+
+    @property
+    def ledger(self) -> Path:
+        return self.workdir / "ledger"
+
+    def start(self) -> Queue:
+        q = Queue(self.queue, self.url)
+        specs = [{"name": "w", "data": {"ledger": str(self.ledger), "ms": 1, "n": n},
+                  "opts": {"job_id": f"j{n}", "attempts": 100, "backoff": 0,
+                           "remove_on_complete": False}} for n in range(self.jobs)]
+        for i in range(0, len(specs), 500):
+            q.add_bulk(specs[i:i + 500])
+        # The adds are on a replica too before any fault (an add Redis
+        # acknowledged and then lost in a failover is Redis's limit, not ours).
+        wait_for_replicas(q)
+        for i in range(self.supervisors):
+            cfg = self.workdir / f"sup{i}.toml"
+            cfg.write_text(config_text(
+                self.url, f"fo{i}-{uid()}",
+                [{"name": self.queue, "processor": PROC, "concurrency": self.concurrency,
+                  "mode": self.mode}],
+                lease="3s", renew_interval="0.5s", stall_interval="1s", shutdown_grace="3s",
+                block_timeout="1s", status_interval="5s", max_stalled_count=100))
+            if self.wait_replicas:
+                text = cfg.read_text().replace("[supervisor]",
+                                               f"wait_replicas = {self.wait_replicas}\n\n"
+                                               "[supervisor]", 1)
+                cfg.write_text(text)
+            self.sups.append(Supervisor(cfg, self.workdir / f"sup{i}.log"))
+        for s in self.sups:
+            s.wait_log("ready", "the supervisor ready", timeout=30)
+        return q
+
+    def completed(self, q: Queue) -> int:
+        for _ in range(100):
+            try:
+                return int(q.counts()["completed"])
+            except Exception:  # the topology is failing over under us
+                time.sleep(0.1)
+        raise AssertionError("the queue's counts stayed unreadable for 10s")
+
+    def fault_when(self, q: Queue, done: int, kind: str, act: Callable[[], Any],
+                   timeout_s: float = 120.0) -> None:
+        """When ``done`` jobs completed, run ``act`` (it returns once the
+        topology is healthy again) and record the fault."""
+        deadline = time.monotonic() + timeout_s
+        while self.completed(q) < done:
+            assert time.monotonic() < deadline, f"{done} jobs did not complete before {kind}"
+            for s in self.sups:
+                s.check_running(kind)
+            time.sleep(0.05)
+        f = Fault(kind, time.monotonic_ns())
+        act()
+        f.healthy_ns = time.monotonic_ns()
+        self.faults.append(f)
+
+    def finish(self, q: Queue, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.completed(q) < self.jobs:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {self.completed(q)} of {self.jobs} jobs completed "
+                                     f"in {timeout_s}s; counts {q.counts()}")
+            for s in self.sups:
+                s.check_running("all jobs completed")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for s in self.sups:
+            s.signal(15)
+        for s in self.sups:
+            s.wait_exit(30)
+
+    def verdict(self, q: Queue) -> dict[str, Any]:
+        problems: list[str] = []
+        client = sync_client(self.url)
+        keys = q.core.keys
+        states = Counter[str]()
+        for n in range(self.jobs):
+            jid = f"j{n}"
+            if client.zscore(keys.completed, jid) is not None:
+                states["completed"] += 1
+            else:
+                job = q.get_job(jid)
+                states[job.state() if job else "lost"] += 1
+                problems.append(f"job {jid} is {job.state() if job else 'lost'}")
+        starts: dict[str, list[int]] = defaultdict(list)
+        for line in self.ledger.read_text().splitlines():
+            what, jid, _pid, at, _made = line.split()
+            if what == "start":
+                starts[jid].append(int(at))
+        reruns = explained = 0
+        for jid, at in starts.items():
+            at.sort()
+            for first, again in itertools.pairwise(at):
+                reruns += 1
+                if any(first <= f.healthy_ns and again >= f.began_ns for f in self.faults):
+                    explained += 1
+                else:
+                    problems.append(f"job {jid} ran again with no failover to explain it")
+        # Recovery: each supervisor's first job finished after each fault's end.
+        pipe = client.pipeline(transaction=False)
+        for n in range(self.jobs):
+            pipe.hmget(keys.job(f"j{n}"), "worker", "finished_on")
+        finished = [(w.decode(), float(t)) for w, t in pipe.execute() if w and t]
+        recovery: dict[str, float] = {}
+        for f in self.faults:
+            healthy_ms = time.time() * 1000 - (time.monotonic_ns() - f.healthy_ns) / 1e6
+            for s in self.sups:
+                name = s.cfg.read_text().split('name = "', 2)[1].split('"')[0]
+                after = [t for w, t in finished if w.startswith(name + "@") and t >= healthy_ms]
+                if not after:
+                    problems.append(f"supervisor {name} completed nothing after {f.kind}")
+                    continue
+                took = (min(after) - healthy_ms) / 1000
+                recovery[f"{f.kind} {name}"] = round(took, 2)
+                if took > self.recover_bound_s:
+                    problems.append(f"supervisor {name} took {took:.1f}s to complete a job "
+                                    f"after {f.kind} (bound {self.recover_bound_s}s)")
+        crashed = [line for s in self.sups for line in s.log().splitlines()
+                   if " crashed (" in line]
+        if crashed:
+            problems.append(f"tasks crashed: {crashed[:3]}")
+        client.close()
+        return {"jobs": self.jobs, "states": dict(states), "reruns": reruns,
+                "explained": explained, "recovery_s": recovery,
+                "faults": [(f.kind, round((f.healthy_ns - f.began_ns) / 1e9, 2))
+                           for f in self.faults], "problems": problems}
