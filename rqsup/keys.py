@@ -117,6 +117,9 @@ def validate_job_id(job_id: str) -> str:
         raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
     if job_id.isdigit():
         raise ValueError(f"job_id {job_id!r} must not be all digits (reserved for auto ids)")
+    if job_id.startswith("#"):
+        raise ValueError(f"job_id {job_id!r} must not start with '#' (reserved for the auto "
+                         "ids of partitioned queues)")
     bad = sorted(set(job_id) & _FORBIDDEN_IN_NAMES)
     if bad:
         raise ValueError(f"job_id {job_id!r} must not contain {''.join(bad)!r}")

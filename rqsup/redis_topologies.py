@@ -25,6 +25,8 @@ from rqsup.redis_server import RedisServer, RedisServerError, free_port
 
 #: Cluster node timeout: a primary is failed after this long unreachable.
 NODE_TIMEOUT_MS = 1000
+#: A replica's first sync starts at once (Redis waits 5 s for more replicas).
+_FAST_SYNC = ("--repl-diskless-sync-delay", "0")
 
 
 def _wait(what: str, check: Callable[[], bool], timeout_s: float) -> None:
@@ -81,7 +83,7 @@ class LocalCluster:
                             "--cluster-config-file", str(self.data_dir / f"node{i}/nodes.conf"),
                             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
                             "--cluster-require-full-coverage", "no",
-                            *extra_args)))
+                            *_FAST_SYNC, *extra_args)))
 
     @property
     def ports(self) -> list[int]:
@@ -227,12 +229,13 @@ class LocalSentinel:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="rqsup-sentinel-")).resolve()
         self.master = master
         self.servers = [RedisServer(self.data_dir / "primary", unix_socket=False,
-                                    appendonly=False)]
+                                    appendonly=False, extra_args=_FAST_SYNC)]
         p0 = self.servers[0].port
         for i in range(replicas):
             self.servers.append(RedisServer(self.data_dir / f"replica{i}", unix_socket=False,
                                             appendonly=False,
-                                            extra_args=("--replicaof", "127.0.0.1", str(p0))))
+                                            extra_args=("--replicaof", "127.0.0.1", str(p0),
+                                                        *_FAST_SYNC)))
         self.sentinels = [_SentinelProcess(self.data_dir / f"sentinel{i}", master, p0)
                           for i in range(sentinels)]
 
@@ -265,7 +268,8 @@ class LocalSentinel:
         return self
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
-        """The sentinels agree on a primary that has every replica online."""
+        """The sentinels agree on a primary that has every running replica
+        in sync."""
         def ok() -> bool:
             port = self.primary_port()
             with contextlib.closing(_client(port)) as c:
@@ -273,6 +277,12 @@ class LocalSentinel:
             running = sum(1 for s in self.servers if s.is_running())
             if info["role"] != "master" or int(info["connected_slaves"]) < running - 1:
                 return False
+            for s in self.servers:
+                if s.is_running() and s.port != port:
+                    with contextlib.closing(_client(s.port)) as c:
+                        rep = c.info("replication")
+                    if rep.get("master_link_status") != "up" or rep.get("master_port") != port:
+                        return False
             known = self.sentinel_query("sentinels", self.master)
             return len(known) >= len([s for s in self.sentinels if s.proc]) - 1
         _wait("the Sentinel setup did not settle", ok, timeout_s)

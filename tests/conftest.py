@@ -65,6 +65,13 @@ def flush(url: str) -> None:
 
 
 @pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    """The session Cluster, every primary flushed."""
+    flush(redis_cluster.url)
+    return redis_cluster.url
+
+
+@pytest.fixture
 def redis_url(topology: str, request: pytest.FixtureRequest) -> str:
     if topology == "cluster":
         url = request.getfixturevalue("redis_cluster").url

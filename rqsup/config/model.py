@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -291,7 +291,7 @@ _SUPERVISOR_KEYS = (
     "processor_path",
 )
 _QUEUE_KEYS = ("name", "processor", "mode", "concurrency", "defaults", "sandbox",
-               "rate_limit", "global_concurrency")
+               "rate_limit", "global_concurrency", "partitions")
 _RATE_LIMIT_KEYS = ("max", "duration")
 _SANDBOX_KEYS = (
     "isolation", "memory_soft", "memory_hard", "max_jobs_per_child", "idle_timeout",
@@ -396,14 +396,37 @@ def _queues(top: Table, problems: Problems) -> tuple[QueueConfig, ...]:
     out: list[QueueConfig] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(raw):
-        queue = _queue(Table(item, f"queues[{i}]", _QUEUE_KEYS, problems))
+        t = Table(item, f"queues[{i}]", _QUEUE_KEYS, problems)
+        queue = _queue(t)
         if queue.name in seen:
             problems.add(f"queues[{i}].name", f"duplicate queue name {as_toml(queue.name)} "
                                               f"(also queues[{seen[queue.name]}].name)")
         elif queue.name:
             seen[queue.name] = i
-        out.append(queue)
+        out.extend(_partitions(t, queue))
     return tuple(out)
+
+
+def _partitions(t: Table, q: QueueConfig) -> list[QueueConfig]:
+    """``partitions = N``: the queue's N partitions (``<name>#0`` ..), each
+    served like a queue of its own with a share of the concurrency and of
+    the queue-wide limits; the shares sum to the configured values."""
+    n = t.get("partitions", integer(1, 1024), 1)
+    if n == 1:
+        return [q]
+    for key, value in (("concurrency", q.concurrency), ("global_concurrency",
+                       q.global_concurrency), ("rate_limit.max", q.rate_limit_max)):
+        if value is not None and value < n:
+            t.problem(key, f"{value} is less than partitions ({n}): each partition gets a "
+                           "share of it, at least 1")
+            return [q]
+
+    def share(total: int | None, i: int) -> int | None:
+        return None if total is None else total // n + (1 if i < total % n else 0)
+
+    return [replace(q, name=f"{q.name}#{i}", concurrency=share(q.concurrency, i) or 1,
+                    global_concurrency=share(q.global_concurrency, i),
+                    rate_limit_max=share(q.rate_limit_max, i)) for i in range(n)]
 
 
 def _queue(t: Table) -> QueueConfig:

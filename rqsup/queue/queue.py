@@ -6,11 +6,12 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from rqsup.errors import InvalidOption, JobNotFound
+from rqsup.keys import validate_name
 from rqsup.queue import codec, tracehook
 from rqsup.queue import schedulers as sched
 from rqsup.queue.connection import sync_client
@@ -37,6 +38,27 @@ class Queue:
     ``add`` unless overridden there.
     """
 
+    def __new__(cls, name: str, url: str | None = None, *, partitions: int = 1,
+                **kwargs: Any) -> Queue:
+        """``partitions=N`` (N > 1) gives a :class:`PartitionedQueue` over
+        queues ``<name>#0`` .. ``<name>#N-1`` (rqsup.queue.partitioned)."""
+        from rqsup.queue.partitioned import PartitionedQueue, check_partitions, partition_names
+
+        if check_partitions(partitions) == 1:
+            return super().__new__(cls)
+        validate_name("queue name", name)
+        client = kwargs.pop("connection", None)
+        own = client is None
+        client = client if client is not None else sync_client(url)
+        parts = [Queue(n, connection=client, **kwargs) for n in partition_names(name,
+                                                                                partitions)]
+        for p in parts:
+            p._own_client = False
+        pq = PartitionedQueue(parts)
+        if own:
+            parts[-1]._own_client = True  # the last close releases the shared client
+        return cast(Queue, pq)
+
     def __init__(
         self,
         name: str,
@@ -47,6 +69,7 @@ class Queue:
         default_job_options: Mapping[str, Any] | None = None,
         max_data_bytes: int = codec.DEFAULT_MAX_DATA_BYTES,
         wait_replicas: int = 0,
+        partitions: int = 1,
     ) -> None:
         self.core = QueueCore(name, prefix, default_job_options, max_data_bytes)
         self.client = connection if connection is not None else sync_client(url)

@@ -175,11 +175,16 @@ end
 -- `a` (custom id, name, data, opts, delay_ms, priority, lifo, attempts,
 -- dedup id, dedup mode, dedup ttl_ms): its hash and its dedup key. The
 -- caller places it (delayed, ready, or handed off). Returns id, delay_ms,
--- priority, lifo (bool).
+-- priority, lifo (bool). A custom id '#<n>' is an auto id of partition n
+-- (partitioned queues): '<next id>#<n>', unique across the partitions.
 local function store_job(q, a, now)
   local dedp = q and q.dedup or P.dedup
   local id = a[1]
-  if id == '' then id = tostring(redis.call('INCR', (q or k).id)) end
+  if id == '' then
+    id = tostring(redis.call('INCR', (q or k).id))
+  elseif string.byte(id, 1) == 35 then
+    id = tostring(redis.call('INCR', (q or k).id)) .. id
+  end
   local delay, priority = tonumber(a[5]), tonumber(a[6])
   local jk = (q and q.job or PREFIX) .. id
   redis.call('HSET', jk, 'name', a[2], 'data', a[3], 'opts', a[4], 'timestamp', now,
