@@ -32,11 +32,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "also_on_cluster: run on a Redis Cluster as well")
+    config.addinivalue_line("markers", "single_only(why): not on the Cluster (says why)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "redis_url" in metafunc.fixturenames and \
-            metafunc.definition.get_closest_marker("also_on_cluster"):
+            metafunc.definition.get_closest_marker("also_on_cluster") and \
+            not metafunc.definition.get_closest_marker("single_only"):
         metafunc.parametrize("topology", ["single", "cluster"], indirect=True)
 
 

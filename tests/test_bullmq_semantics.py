@@ -14,6 +14,8 @@ from rqsup.queue.connection import sync_client
 from rqsup.queue.flows import FlowCore
 from tests.helpers import await_until
 
+pytestmark = pytest.mark.also_on_cluster  # and on a Redis Cluster (conftest.py)
+
 
 def test_add_returns_the_job_as_stored(redis_url: str) -> None:
     q = Queue("stored", redis_url)

@@ -16,6 +16,8 @@ from rqsup.supervisor import ActiveJob, Worker
 from rqsup.supervisor.pool import SandboxSettings
 from tests.helpers import await_until
 
+pytestmark = pytest.mark.also_on_cluster  # and on a Redis Cluster (conftest.py)
+
 PROCS = "tests.fixtures.cancel_procs"
 
 

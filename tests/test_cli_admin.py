@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from rqsup import Queue
 from rqsup.cli import main
 from rqsup.queue.connection import sync_client
+
+pytestmark = pytest.mark.also_on_cluster  # and on a Redis Cluster (conftest.py)
 
 
 def run(*args: str) -> tuple[int, str]:

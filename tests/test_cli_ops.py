@@ -11,12 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from rqsup import Queue
 from rqsup.cli import main
 from tests.helpers import wait_until
 from tests.procs import PROCS, uid
+
+pytestmark = pytest.mark.also_on_cluster  # and on a Redis Cluster (conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,8 @@ from rqsup.queue.events import Event, parse_entries
 from rqsup.supervisor import ActiveJob, Worker
 from tests.helpers import wait_until
 
+pytestmark = pytest.mark.also_on_cluster  # and on a Redis Cluster (conftest.py)
+
 KEEP = (-1, -1)  # keep_count, keep_age_ms: keep finished jobs
 
 

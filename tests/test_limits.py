@@ -18,6 +18,8 @@ from rqsup import AsyncQueue, InvalidOption, Queue, RateLimited
 from rqsup.supervisor import ActiveJob, Worker
 from tests.helpers import wait_until
 
+pytestmark = pytest.mark.also_on_cluster  # and on a Redis Cluster (conftest.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -25,6 +25,8 @@ from rqsup.supervisor import ActiveJob, Worker
 from tests.helpers import wait_until
 from tests.procs import PROCS, config_text, uid, write
 
+pytestmark = pytest.mark.also_on_cluster  # and on a Redis Cluster (conftest.py)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

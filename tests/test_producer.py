@@ -11,6 +11,8 @@ import pytest
 from rqsup import AsyncQueue, EncodeError, InvalidOption, JobNotFound, JobStateError, Queue
 from rqsup.queue.scripts import SCRIPTS
 
+pytestmark = pytest.mark.also_on_cluster  # and on a Redis Cluster (conftest.py)
+
 
 def claim(q: Queue, n: int = 1, worker: str = "w1", lease_ms: int = 30_000) -> list[Any]:
     reply = q._driver.execute(q.core.script("claim", n, worker, lease_ms))

@@ -28,6 +28,8 @@ from rqsup.supervisor import ActiveJob, Worker
 from rqsup.supervisor.schedules import SchedulerLoop, reload, upsert_configured
 from tests.helpers import await_until, wait_until
 
+pytestmark = pytest.mark.also_on_cluster  # and on a Redis Cluster (conftest.py)
+
 NY = ZoneInfo("America/New_York")
 
 

@@ -14,6 +14,8 @@ from rqsup import AsyncQueue, InvalidOption, JobFailed, Queue, UnrecoverableErro
 from rqsup.supervisor import ActiveJob, Worker
 from tests.helpers import await_until, wait_until
 
+pytestmark = pytest.mark.also_on_cluster  # and on a Redis Cluster (conftest.py)
+
 
 def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(coro_fn(), 60))
@@ -290,6 +292,7 @@ def test_close_in_the_middle_of_claims_leaves_nothing_active(redis_url: str) -> 
     run(main)
 
 
+@pytest.mark.single_only("CLIENT LIST answers for one Cluster node, not the worker's")
 def test_idle_worker_closes_promptly(redis_url: str) -> None:
     async def proc(job: ActiveJob) -> None: ...
 
