@@ -16,6 +16,7 @@ from rqsup.cli import main
 from rqsup.queue.connection import sync_client
 from rqsup.queue.flow_producer import FlowProducer
 from rqsup.queue.partitioned import PartitionedQueue
+from rqsup.queue.scripts import SCRIPTS
 from rqsup.redis_topologies import LocalCluster, LocalSentinel
 from rqsup.supervisor import ActiveJob, Worker
 from tests.helpers import wait_until
@@ -167,4 +168,35 @@ def test_sentinel_basics_and_wait_replicas(redis_sentinel: LocalSentinel) -> Non
             c = sync_client(f"redis://127.0.0.1:{s.port}")
             assert c.exists(q.core.keys.job(job.id)) == 1
             c.close()
+    q.close()
+
+
+def test_scripts_reload_on_noscript_for_both_clients(cluster_url: str) -> None:
+    """After a failover or a new node the scripts are missing on a primary:
+    both drivers load them again on every primary and re-run only the call
+    that did not run."""
+    name = f"ns-{uid()}"
+    q = Queue(name, cluster_url)
+    q.add("x", 1)
+    flusher: Any = sync_client(cluster_url)
+    flusher.execute_command("SCRIPT", "FLUSH", target_nodes="primaries")
+    q.add_bulk([("x", n) for n in range(3)])  # NOSCRIPT inside a pipeline
+    q.add("x", 5)
+    assert q.counts()["wait"] == 5
+
+    async def main_() -> None:
+        aq = AsyncQueue(name, cluster_url)
+        await aq.add("y", 1)
+        flusher.execute_command("SCRIPT", "FLUSH", target_nodes="primaries")
+        # Many calls at once on a client whose scripts just vanished.
+        await asyncio.gather(*(aq.add("y", n) for n in range(20)))
+        assert (await aq.counts())["wait"] == 26
+        await aq.close()
+    asyncio.run(main_())
+
+    def loaded() -> dict[str, list[int]]:
+        return dict(flusher.execute_command("SCRIPT", "EXISTS", SCRIPTS["add"].sha,
+                                            target_nodes="primaries"))
+    assert list(loaded().values()) == [[1], [1], [1]]  # loaded again on every primary
+    flusher.close()
     q.close()
