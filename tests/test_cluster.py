@@ -200,3 +200,34 @@ def test_scripts_reload_on_noscript_for_both_clients(cluster_url: str) -> None:
     assert list(loaded().values()) == [[1], [1], [1]]  # loaded again on every primary
     flusher.close()
     q.close()
+
+
+@pytest.mark.also_on_cluster
+def test_async_partitioned_queue_mirrors_the_sync_one(redis_url: str) -> None:
+    from rqsup.queue.apartitioned import AsyncPartitionedQueue
+
+    name = f"ap-{uid()}"
+
+    async def proc(job: ActiveJob) -> Any:
+        return job.data + 1
+
+    async def main_() -> None:
+        q = AsyncQueue(name, redis_url, partitions=3)
+        assert isinstance(q, AsyncPartitionedQueue)
+        jobs = await q.add_bulk([("x", n) for n in range(9)])
+        assert sorted(j.id.split("#")[1] for j in jobs) == ["0", "0", "0", "1", "1", "1",
+                                                            "2", "2", "2"]
+        assert (await q.counts())["wait"] == 9
+        assert (await q.get_job(jobs[4].id)).data == 4  # type: ignore[union-attr]
+        workers = [Worker(p.name, proc, url=redis_url) for p in q.parts]
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        assert await q.call("x", 41, timeout=10) == 42
+        assert await q.call("x", 1, timeout=10, partition_key="k") == 2
+        for w in workers:
+            await w.close(5)
+        await asyncio.gather(*tasks)
+        assert (await q.counts())["completed"] == 11  # the first nine, then the two calls
+        with pytest.raises(InvalidOption, match="partitions"):
+            await q.set_rate_limit(2, 1.0)
+        await q.close()
+    asyncio.run(asyncio.wait_for(main_(), 60))

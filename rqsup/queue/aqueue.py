@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aredis
 
 from rqsup.errors import InvalidOption, JobNotFound
+from rqsup.keys import validate_name
 from rqsup.queue import codec, tracehook
 from rqsup.queue import schedulers as sched
 from rqsup.queue.ajob import AsyncJob
@@ -34,6 +35,27 @@ from rqsup.queue.waiters import (
 class AsyncQueue:
     """A queue, for asyncio code. See :class:`rqsup.Queue`."""
 
+    def __new__(cls, name: str, url: str | None = None, *, partitions: int = 1,
+                **kwargs: Any) -> AsyncQueue:
+        """``partitions=N`` (N > 1) gives an AsyncPartitionedQueue over queues
+        ``<name>#0`` .. ``<name>#N-1`` (rqsup.queue.apartitioned)."""
+        from rqsup.queue.apartitioned import AsyncPartitionedQueue
+        from rqsup.queue.partitioned import check_partitions, partition_names
+
+        if check_partitions(partitions) == 1:
+            return super().__new__(cls)
+        validate_name("queue name", name)
+        client = kwargs.pop("connection", None)
+        own = client is None
+        client = client if client is not None else async_client(url)
+        parts = [AsyncQueue(n, connection=client, **kwargs)
+                 for n in partition_names(name, partitions)]
+        for p in parts:
+            p._own_client = False
+        if own:
+            parts[-1]._own_client = True  # the last close releases the shared client
+        return cast(AsyncQueue, AsyncPartitionedQueue(parts))
+
     def __init__(
         self,
         name: str,
@@ -44,6 +66,7 @@ class AsyncQueue:
         default_job_options: Mapping[str, Any] | None = None,
         max_data_bytes: int = codec.DEFAULT_MAX_DATA_BYTES,
         wait_replicas: int = 0,
+        partitions: int = 1,
     ) -> None:
         self.core = QueueCore(name, prefix, default_job_options, max_data_bytes)
         self.client = connection if connection is not None else async_client(url)

@@ -25,13 +25,14 @@ from __future__ import annotations
 import itertools
 import re
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rqsup.errors import InvalidOption
 from rqsup.queue.job import Job
 
 if TYPE_CHECKING:
+    from rqsup.queue.core import AddSpec
     from rqsup.queue.queue import Queue
 
 MAX_PARTITIONS = 1024
@@ -59,13 +60,77 @@ def slot_of(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
-class PartitionedQueue:
+def auto_ids(specs: list[AddSpec], i: int) -> list[AddSpec]:
+    """Jobs without a custom id get partition ``i``'s auto id (add.lua makes
+    '<next id>#<i>' of '#<i>')."""
+    for s in specs:
+        if not s.args[0]:
+            s.args = (f"#{i}", *s.args[1:])
+    return specs
+
+
+def group_bulk(items: list[Any], pick: Callable[[dict[str, Any]], int]
+               ) -> dict[int, list[tuple[int, Any]]]:
+    """A bulk add's jobs by partition, each with its position and its
+    ``partition_key`` taken out of its options."""
+    groups: dict[int, list[tuple[int, Any]]] = {}
+    for pos, item in enumerate(items):
+        if isinstance(item, Mapping):
+            opts = dict(item.get("opts") or {})
+            i = pick(opts)
+            item = {**item, "opts": opts}
+        else:
+            opts = dict(item[2]) if len(item) > 2 and item[2] else {}
+            i = pick(opts)
+            item = (item[0], item[1] if len(item) > 1 else None, opts)
+        groups.setdefault(i, []).append((pos, item))
+    return groups
+
+
+class Router:
+    """Which partition an add goes to and where an id lives (shared by the
+    sync and the asyncio partitioned queue)."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._turn = itertools.cycle(range(partitions))
+
+    def _pick(self, options: dict[str, Any]) -> int:
+        key = options.pop("partition_key", None)
+        if key is not None:
+            if not isinstance(key, str) or not key:
+                raise InvalidOption(f"partition_key must be a non-empty string, got {key!r}")
+            return slot_of(key, self.partitions)
+        job_id = options.get("job_id")
+        if isinstance(job_id, str) and job_id:
+            return slot_of(job_id, self.partitions)
+        return next(self._turn)
+
+    def _named(self, job_id: str) -> int | None:
+        """The partition an id names (auto ids), or None."""
+        m = _AUTO_ID.match(job_id)
+        return int(m.group(1)) if m and int(m.group(1)) < self.partitions else None
+
+    def _check_budget(self, what: str, value: Any) -> None:
+        if isinstance(value, int) and not isinstance(value, bool) and value < self.partitions:
+            raise InvalidOption(f"{what} {value} is less than the queue's {self.partitions} "
+                                "partitions: each partition's budget must be at least 1")
+
+    def _unsupported(self, name: str, attr: str, has: bool) -> Exception:
+        if has and not attr.startswith("_"):
+            return InvalidOption(
+                f"{attr} is not available on a partitioned queue yet (queue {name!r}, "
+                f"{self.partitions} partitions); use one partition's queue: queue.parts[i]")
+        return AttributeError(attr)
+
+
+class PartitionedQueue(Router):
     """The producer side of a partitioned queue (see the module docstring)."""
 
     def __init__(self, parts: list[Queue]) -> None:
+        super().__init__(len(parts))
         self.parts = parts
         self.name = parts[0].name.rpartition("#")[0]
-        self._turn = itertools.cycle(range(len(parts)))
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r}, partitions={len(self.parts)})"
@@ -82,23 +147,10 @@ class PartitionedQueue:
 
     # -- routing ------------------------------------------------------------------
 
-    def _pick(self, options: dict[str, Any]) -> int:
-        key = options.pop("partition_key", None)
-        if key is not None:
-            if not isinstance(key, str) or not key:
-                raise InvalidOption(f"partition_key must be a non-empty string, got {key!r}")
-            return slot_of(key, len(self.parts))
-        job_id = options.get("job_id")
-        if isinstance(job_id, str) and job_id:
-            return slot_of(job_id, len(self.parts))
-        return next(self._turn)
-
     def partition_of(self, job_id: str) -> Queue | None:
         """The partition an id lives in when the id says so (auto ids)."""
-        m = _AUTO_ID.match(job_id)
-        if m and int(m.group(1)) < len(self.parts):
-            return self.parts[int(m.group(1))]
-        return None
+        i = self._named(job_id)
+        return None if i is None else self.parts[i]
 
     def _owner(self, job_id: str) -> Queue | None:
         part = self.partition_of(job_id)
@@ -121,9 +173,7 @@ class PartitionedQueue:
         part = self.parts[i]
         if options.get("parent") is not None:
             return part.add(name, data, **options)
-        spec = part.core.spec(name, data, options)
-        if not spec.args[0]:
-            spec.args = (f"#{i}", *spec.args[1:])
+        [spec] = auto_ids([part.core.spec(name, data, options)], i)
         [added] = part._driver.drive(part.core.op_add_jobs([spec]))
         return part._job_from_added(added)
 
@@ -131,24 +181,10 @@ class PartitionedQueue:
         """As :meth:`Queue.add_bulk` (``opts`` may hold ``partition_key``): one
         call per partition that gets jobs; the jobs come back in order."""
         items = list(jobs)
-        groups: dict[int, list[tuple[int, Any]]] = {}
-        for pos, item in enumerate(items):
-            if isinstance(item, Mapping):
-                opts = dict(item.get("opts") or {})
-                i = self._pick(opts)
-                item = {**item, "opts": opts}
-            else:
-                opts = dict(item[2]) if len(item) > 2 and item[2] else {}
-                i = self._pick(opts)
-                item = (item[0], item[1] if len(item) > 1 else None, opts)
-            groups.setdefault(i, []).append((pos, item))
         out: list[Job | None] = [None] * len(items)
-        for i, group in groups.items():
+        for i, group in group_bulk(items, self._pick).items():
             part = self.parts[i]
-            specs = part.core.specs_from_bulk([it for _p, it in group])
-            for s in specs:
-                if not s.args[0]:
-                    s.args = (f"#{i}", *s.args[1:])
+            specs = auto_ids(part.core.specs_from_bulk([it for _p, it in group]), i)
             added = part._driver.drive(part.core.op_add_jobs(specs))
             for (pos, _it), a in zip(group, added, strict=True):
                 out[pos] = part._job_from_added(a)
@@ -226,8 +262,8 @@ class PartitionedQueue:
     def clean(self, grace: float, limit: int = 1000, state: str = "completed") -> list[str]:
         out: list[str] = []
         for p in self.parts:
-            out += p.clean(grace, max(0, limit - len(out)), state) if limit - len(out) > 0 \
-                else []
+            if len(out) < limit:
+                out += p.clean(grace, limit - len(out), state)
         return out
 
     def obliterate(self, force: bool = False) -> None:
@@ -245,7 +281,7 @@ class PartitionedQueue:
         sum to it (each partition needs at least one)."""
         if limit is None:
             return [p.set_global_concurrency(None) for p in self.parts]
-        self._at_least_one_each("global_concurrency", limit)
+        self._check_budget("global_concurrency", limit)
         return [p.set_global_concurrency(n) for p, n in zip(self.parts,
                                                             split(limit, len(self.parts)),
                                                             strict=True)]
@@ -253,19 +289,12 @@ class PartitionedQueue:
     def set_rate_limit(self, max_jobs: int, duration: float) -> list[dict[str, Any]]:
         """``max_jobs`` per ``duration`` over the whole queue, as per-partition
         budgets that sum to it."""
-        self._at_least_one_each("rate limit max", max_jobs)
+        self._check_budget("rate limit max", max_jobs)
         return [p.set_rate_limit(n, duration) for p, n in zip(self.parts,
                                                               split(max_jobs, len(self.parts)),
                                                               strict=True)]
 
-    def _at_least_one_each(self, what: str, value: Any) -> None:
-        if isinstance(value, int) and not isinstance(value, bool) and value < len(self.parts):
-            raise InvalidOption(f"{what} {value} is less than the queue's {len(self.parts)} "
-                                "partitions: each partition's budget must be at least 1")
-
     def __getattr__(self, attr: str) -> Any:
-        if hasattr(self.parts[0], attr) and not attr.startswith("_"):
-            raise InvalidOption(f"{attr} is not available on a partitioned queue yet "
-                                f"(queue {self.name!r}, {len(self.parts)} partitions); use "
-                                f"one partition's Queue: queue.parts[i]")
-        raise AttributeError(attr)
+        if attr in ("parts", "name"):
+            raise AttributeError(attr)
+        raise self._unsupported(self.name, attr, hasattr(self.parts[0], attr))
