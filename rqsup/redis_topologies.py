@@ -25,6 +25,9 @@ from rqsup.redis_server import RedisServer, RedisServerError, free_port
 
 #: Cluster node timeout: a primary is failed after this long unreachable.
 NODE_TIMEOUT_MS = 1000
+#: Sentinel: a primary unanswered this long is down (short for tests, long
+#: enough that a loaded 2-core machine does not fail over a busy primary).
+DOWN_AFTER_MS = 2000
 #: A replica's first sync starts at once (Redis waits 5 s for more replicas).
 _FAST_SYNC = ("--repl-diskless-sync-delay", "0")
 
@@ -197,7 +200,7 @@ class _SentinelProcess:
             f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
             f"logfile {self.dir / 'sentinel.log'}\n"
             f"sentinel monitor {master} 127.0.0.1 {primary_port} 2\n"
-            f"sentinel down-after-milliseconds {master} 1000\n"
+            f"sentinel down-after-milliseconds {master} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {master} 5000\n"
             f"sentinel parallel-syncs {master} 2\n")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -254,6 +257,11 @@ class LocalSentinel:
             except (redis.RedisError, OSError):
                 continue
         raise RedisServerError("no sentinel answered")
+
+    def failovers(self) -> int:
+        """The primary's config epoch: how many failovers the sentinels made."""
+        info: dict[Any, Any] = dict(self.sentinel_query("master", self.master))
+        return int(info.get("config-epoch", info.get(b"config-epoch", 0)))
 
     def primary_port(self) -> int:
         addr = self.sentinel_query("get-master-addr-by-name", self.master)

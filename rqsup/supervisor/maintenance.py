@@ -235,7 +235,7 @@ async def wait_for_work(w: Worker) -> None:
     """While the queue looks drained, block on the marker until an add (or a due
     delayed job) may have made work; never sleep-and-poll."""
     pump = w.pump
-    episode = Episode(f"queue {w.queue_name}: waiting for work", log)
+    episode = Episode(f"queue {w.queue_name}: waiting for work", log, max_s=1.0)
     while w.claiming:
         await pump.idle.wait()
         if not w.claiming:

@@ -76,7 +76,10 @@ class Pump:
         self.resent: set[str] = set()
         #: Set by the worker's close: send what is queued, then return.
         self.stopping = False
-        self.episode = Episode(f"queue {worker.queue_name}: writing job outcomes", log)
+        # Retried at least every second in an outage: results and claims wait
+        # on it, and a failover is over in seconds (a 5 s cap could add 3 s).
+        self.episode = Episode(f"queue {worker.queue_name}: writing job outcomes", log,
+                               max_s=1.0)
 
     # -- called by the worker when a job does something ------------------------
 
