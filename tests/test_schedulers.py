@@ -427,7 +427,9 @@ def test_limit_and_end_are_respected(redis_url: str) -> None:
     assert len([i for i, _t in seen if i.startswith("sched:three:")]) == 3
     assert short is not None and short.done == "end" and short.end_ms is not None
     short_runs = [run_ms(i) for i, _t in seen if i.startswith("sched:short:")]
-    assert 3 <= len(short_runs) <= 6 and max(short_runs) <= short.end_ms
+    # At most one run per 100 ms up to the end (how many came before it
+    # depends on the machine's load; "three" shows the repetition).
+    assert 1 <= len(short_runs) <= 6 and max(short_runs) <= short.end_ms
     assert {s.id for s in q.list_schedulers()} == {"three", "short"}
     assert pending(q, "three") == [] and pending(q, "short") == []
     # Upserting a done scheduler unchanged keeps it done (config restarts).

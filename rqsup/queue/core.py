@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from rqsup.errors import EncodeError, InvalidOption, JobNotFound
-from rqsup.keys import KEY_PREFIXES, QUEUE_SUFFIXES, QueueKeys
+from rqsup.keys import QueueKeys
 from rqsup.queue import codec, tracehook
 from rqsup.queue import options as options_mod
 from rqsup.queue.core_admin import FINISHED_STATES, STATES, AdminOps
@@ -114,10 +114,9 @@ class QueueCore(AdminOps, DepsOps, ReadOps, HistoryOps):
         self.keys = QueueKeys(prefix, name)
         self.name = name
         self.prefix = prefix
-        self.key_list: tuple[str, ...] = (
-            *(self.keys.key(s) for s in QUEUE_SUFFIXES),
-            *(self.keys.prefixed(p) for p in KEY_PREFIXES),
-        )
+        #: What every script gets as KEYS: the base, from which it builds
+        #: every key of the queue (one key to send and parse, not 26).
+        self.key_list: tuple[str, ...] = (self.keys.base,)
         defaults = dict(default_job_options or {})
         if "job_id" in defaults:
             raise InvalidOption("job_id cannot be a queue-wide default")

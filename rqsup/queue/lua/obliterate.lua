@@ -27,6 +27,6 @@ if n < limit then
   n = n + #ids
 end
 if n == 0 then
-  for i = 1, QUEUE_KEY_COUNT do redis.call('DEL', KEYS[i]) end
+  for _, key in ipairs(QUEUE_KEYS) do redis.call('DEL', key) end
 end
 return n

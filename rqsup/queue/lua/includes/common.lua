@@ -1,7 +1,7 @@
 -- Shared helpers, inlined at the top of every script by rqsup/queue/scripts.py.
--- Every script gets the same KEYS: the queue keys, then the prefixes that ids
--- are appended to (job, wake, dedup, worker-jobs), as the generated `keys`
--- include names them (k.<suffix>, P.<prefix>; rqsup.keys lists both).
+-- Every script gets the same KEYS[1]: the queue's base, from which the
+-- generated `keys` include builds the queue keys and the prefixes that ids
+-- are appended to (k.<suffix>, P.<prefix>; rqsup.keys lists both).
 -- Return codes (rqsup.errors.Code): 0 OK, -1 job not found, -2 lease lost,
 -- -3 job not active, -4 wrong state, -5 active jobs, -6 malformed job.
 --

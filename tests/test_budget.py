@@ -1,0 +1,118 @@
+"""The Redis work budget of the hot paths, counted (never timed) on a private
+redis-server with INFO commandstats: round trips per job and commands inside
+each script, for add, claim and complete. A change that adds a command to a
+hot script, or a round trip per job, fails here; a change that removes one
+should lower the budget in the same commit (benchmarks/README.md, issue 14).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from rqsup import Queue
+from rqsup.redis_server import RedisServer
+from rqsup.supervisor import ActiveJob, Worker
+
+N = 200
+
+#: Commands Redis runs per call, Lua's inner calls included (measured; the
+#: budget is what the code reaches now, not a wish).
+BUDGET = {
+    "add, one job per call": 10,
+    "claim, one job": 20,
+    "complete, no claim": 19,
+    "complete and claim the next": 36,
+}
+#: Round trips (EVALSHA calls) per job of an async worker at concurrency 1
+#: over a full queue: the complete of one job carries the claim of the next.
+WORKER_CALLS_PER_JOB = 1.1
+
+
+@pytest.fixture
+def counted(tmp_path: Any) -> Iterator[tuple[str, redis.Redis]]:
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    client = redis.Redis.from_url(server.url)
+    yield server.url, client
+    client.close()
+    server.cleanup()
+
+
+def calls(client: redis.Redis) -> dict[str, int]:
+    stats: Any = client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def per_call(client: redis.Redis, run: Any, n: int) -> tuple[float, float]:
+    """(EVALSHA calls, every other command) per unit of ``run``, INFO excluded."""
+    client.config_resetstat()
+    run()
+    c = calls(client)
+    evalsha = c.pop("evalsha", 0)
+    c.pop("info", None)
+    c.pop("config|resetstat", None)
+    return evalsha / n, sum(c.values()) / n
+
+
+def test_add_claim_and_complete_stay_within_their_command_budget(
+        counted: tuple[str, redis.Redis]) -> None:
+    url, client = counted
+    q = Queue("budget", url)
+    q.add("warm")  # scripts loaded, queue meta written
+    rounds, inner = per_call(client, lambda: [q.add("x", i) for i in range(N)], N)
+    assert rounds == 1.0
+    assert inner <= BUDGET["add, one job per call"], inner
+
+    def claim_one() -> list[tuple[str, str]]:
+        out = []
+        for _ in range(N):
+            reply = q._driver.execute(q.core.script("claim", 1, "w1", 30_000))
+            out += [(i.decode(), t.decode()) for i, t, _f in reply[1:]]
+        return out
+    got: list[tuple[str, str]] = []
+    rounds, inner = per_call(client, lambda: got.extend(claim_one()), N)
+    assert rounds == 1.0 and len(got) == N
+    assert inner <= BUDGET["claim, one job"], inner
+
+    def complete(pairs: list[tuple[str, str]], claim_n: int) -> None:
+        for jid, tok in pairs:
+            q._driver.execute(q.core.script("complete", 1, claim_n, "w1", 30_000, jid, tok,
+                                            '"ok"', -1, -1, 5000))
+    half = N // 2
+    rounds, inner = per_call(client, lambda: complete(got[:half], 0), half)
+    assert rounds == 1.0
+    assert inner <= BUDGET["complete, no claim"], inner
+    for i in range(half):
+        q.add("y", i)
+    rounds, inner = per_call(client, lambda: complete(got[half:], 1), N - half)
+    assert rounds == 1.0
+    assert inner <= BUDGET["complete and claim the next"], inner
+    q.close()
+
+
+def test_a_worker_makes_one_round_trip_per_job(counted: tuple[str, redis.Redis]) -> None:
+    url, client = counted
+    q = Queue("trips", url)
+    q.add_bulk([("x", i) for i in range(N)])
+
+    async def proc(job: ActiveJob) -> Any:
+        return job.data
+
+    async def main() -> None:
+        w = Worker("trips", proc, url=url, concurrency=1)
+        task = asyncio.create_task(w.run())
+        while q.counts()["completed"] < N:
+            await asyncio.sleep(0.01)
+        await w.close(5)
+        await task
+
+    client.config_resetstat()
+    asyncio.run(asyncio.wait_for(main(), 60))
+    c = calls(client)
+    # The probe's own counts() are plain reads (LLEN, ZCARD), not scripts.
+    assert c["evalsha"] / N <= WORKER_CALLS_PER_JOB, c
+    q.close()
