@@ -13,7 +13,6 @@ from typing import Any, cast
 import redis.asyncio as aredis
 
 from rqsup.errors import InvalidOption, JobNotFound
-from rqsup.keys import validate_name
 from rqsup.queue import codec, tracehook
 from rqsup.queue import schedulers as sched
 from rqsup.queue.ajob import AsyncJob
@@ -40,20 +39,14 @@ class AsyncQueue:
         """``partitions=N`` (N > 1) gives an AsyncPartitionedQueue over queues
         ``<name>#0`` .. ``<name>#N-1`` (rqsup.queue.apartitioned)."""
         from rqsup.queue.apartitioned import AsyncPartitionedQueue
-        from rqsup.queue.partitioned import check_partitions, partition_names
+        from rqsup.queue.partitioned import check_partitions, make_parts
 
         if check_partitions(partitions) == 1:
             return super().__new__(cls)
-        validate_name("queue name", name)
         client = kwargs.pop("connection", None)
         own = client is None
         client = client if client is not None else async_client(url)
-        parts = [AsyncQueue(n, connection=client, **kwargs)
-                 for n in partition_names(name, partitions)]
-        for p in parts:
-            p._own_client = False
-        if own:
-            parts[-1]._own_client = True  # the last close releases the shared client
+        parts = make_parts(AsyncQueue, name, partitions, client, own, kwargs)
         return cast(AsyncQueue, AsyncPartitionedQueue(parts))
 
     def __init__(

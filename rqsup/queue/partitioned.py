@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rqsup.errors import InvalidOption
+from rqsup.keys import validate_name
 from rqsup.queue.job import Job
 
 if TYPE_CHECKING:
@@ -49,6 +50,18 @@ def check_partitions(partitions: Any) -> int:
         raise InvalidOption(f"partitions must be an integer from 1 to {MAX_PARTITIONS}, "
                             f"got {partitions!r}")
     return partitions
+
+
+def make_parts(cls: Any, name: str, partitions: int, client: Any, own: bool,
+               kwargs: dict[str, Any]) -> list[Any]:
+    """The partitions' queues (``cls``: Queue or AsyncQueue) on one shared
+    client; when the caller made the client, the last one to close releases it."""
+    validate_name("queue name", name)
+    parts = [cls(n, connection=client, **kwargs) for n in partition_names(name, partitions)]
+    for p in parts:
+        p._own_client = False
+    parts[-1]._own_client = own
+    return parts
 
 
 def split(total: int, parts: int) -> list[int]:

@@ -11,7 +11,6 @@ from typing import Any, cast
 import redis
 
 from rqsup.errors import InvalidOption, JobNotFound
-from rqsup.keys import validate_name
 from rqsup.queue import codec, tracehook
 from rqsup.queue import schedulers as sched
 from rqsup.queue.connection import sync_client
@@ -42,22 +41,15 @@ class Queue:
                 **kwargs: Any) -> Queue:
         """``partitions=N`` (N > 1) gives a :class:`PartitionedQueue` over
         queues ``<name>#0`` .. ``<name>#N-1`` (rqsup.queue.partitioned)."""
-        from rqsup.queue.partitioned import PartitionedQueue, check_partitions, partition_names
+        from rqsup.queue.partitioned import PartitionedQueue, check_partitions, make_parts
 
         if check_partitions(partitions) == 1:
             return super().__new__(cls)
-        validate_name("queue name", name)
         client = kwargs.pop("connection", None)
         own = client is None
         client = client if client is not None else sync_client(url)
-        parts = [Queue(n, connection=client, **kwargs) for n in partition_names(name,
-                                                                                partitions)]
-        for p in parts:
-            p._own_client = False
-        pq = PartitionedQueue(parts)
-        if own:
-            parts[-1]._own_client = True  # the last close releases the shared client
-        return cast(Queue, pq)
+        parts = make_parts(Queue, name, partitions, client, own, kwargs)
+        return cast(Queue, PartitionedQueue(parts))
 
     def __init__(
         self,
