@@ -23,6 +23,12 @@ def _refuse(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not a JSON type")
 
 
+def dumps(value: Any) -> bytes:
+    """JSON bytes exactly as :func:`encode` makes them; raises TypeError or
+    orjson.JSONEncodeError (the caller names what failed)."""
+    return orjson.dumps(value, default=_refuse, option=_OPTS)
+
+
 def encode(value: Any, what: str) -> str:
     """Encode ``value`` as JSON text, or raise EncodeError naming ``what``."""
     try:

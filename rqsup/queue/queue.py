@@ -11,7 +11,7 @@ from typing import Any, cast
 import redis
 
 from rqsup.errors import InvalidOption, JobNotFound
-from rqsup.queue import codec, tracehook
+from rqsup.queue import codec, fastadd, tracehook
 from rqsup.queue import schedulers as sched
 from rqsup.queue.connection import sync_client
 from rqsup.queue.core import Added, QueueCore
@@ -67,6 +67,7 @@ class Queue:
         self.client = connection if connection is not None else sync_client(url)
         self._own_client = connection is None
         self._driver = SyncDriver(self.client, wait_replicas)
+        self._fast: fastadd.FastAdd | None = None
 
     @property
     def name(self) -> str:
@@ -96,6 +97,12 @@ class Queue:
         timeout, remove_on_complete, remove_on_fail, keep_logs, dedup (see
         docs/decisions.md). A deduplicated add returns the kept job
         (``job.deduplicated``)."""
+        if fastadd.usable(self, options):
+            if self._fast is None:
+                self._fast = fastadd.FastAdd(self)
+            added = self._fast.add(self, name, data)
+            if added is not None:
+                return self._job_from_added(added)
         if options.get("parent") is not None:
             return self._add_to_parent(name, data, options)
         spec = self.core.spec(name, data, options)
