@@ -6,7 +6,8 @@
 A test marked ``also_on_cluster`` runs twice: on the single server and on a
 private 6-node Redis Cluster (started once per session, flushed before each
 test). ``RQSUP_TEST_TOPOLOGY=cluster`` (or ``sentinel``) runs every test that
-takes ``redis_url`` there instead: the long run in benchmarks/README.md.
+takes ``redis_url`` there instead: the long run in benchmarks/README.md;
+``RQSUP_TEST_NO_CLUSTER=1`` runs the marked tests on the single server only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if os.environ.get("RQSUP_TEST_NO_CLUSTER"):  # e.g. an old redis-py without Cluster support
+        return
     if "redis_url" in metafunc.fixturenames and \
             metafunc.definition.get_closest_marker("also_on_cluster") and \
             not metafunc.definition.get_closest_marker("single_only"):

@@ -59,6 +59,19 @@ def _sentinel_kwargs(ep: Endpoint, extra: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
+#: The oldest redis-py whose Cluster clients rqsup supports (older ones race
+#: when a client is shared by threads, and have no asyncio Cluster pub/sub).
+CLUSTER_MIN_REDIS_PY = (6, 0)
+
+
+def _check_cluster_support() -> None:
+    have = tuple(int(p) for p in redis.__version__.split(".")[:2] if p.isdigit())
+    if have < CLUSTER_MIN_REDIS_PY:
+        raise endpoints.EndpointError(
+            f"a redis+cluster:// URL needs redis-py {'.'.join(map(str, CLUSTER_MIN_REDIS_PY))} "
+            f"or newer; this is redis-py {redis.__version__} (pip install -U redis)")
+
+
 def sync_client(url: str | None, **extra: Any) -> redis.Redis:
     """``extra``: connection options such as ``ssl_ca_certs``. A Cluster or
     Sentinel URL gives a client of that kind (it answers every call rqsup
@@ -69,6 +82,7 @@ def sync_client(url: str | None, **extra: Any) -> redis.Redis:
     if ep.kind == "cluster":
         from redis.cluster import ClusterNode, RedisCluster
 
+        _check_cluster_support()
         seeds = [ClusterNode(h, p) for h, p in ep.nodes]  # type: ignore[no-untyped-call]
         cluster = RedisCluster(startup_nodes=seeds, **_options(ep, retry, extra))
         cluster._rqsup_url = url  # type: ignore[attr-defined]
@@ -102,6 +116,7 @@ def async_client(url: str | None, *, retries: int = _RETRIES, **extra: Any) -> a
     if ep.kind == "cluster":
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+        _check_cluster_support()
         cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in ep.nodes],
                                **_options(ep, retry, extra))
         cluster._rqsup_url = url  # type: ignore[attr-defined]
@@ -141,7 +156,10 @@ def client_key(client: Any) -> int:
 def never_resends(client: Any) -> bool:
     """The client's retry policy is no retries (see :func:`async_client`)."""
     retry = getattr(client, "retry", None) if is_cluster(client) else client.get_retry()
-    return retry is not None and retry.get_retries() == 0
+    if retry is None:
+        return False
+    count = getattr(retry, "get_retries", None)  # redis-py >= 6; 5.x keeps it private
+    return (count() if count is not None else getattr(retry, "_retries", None)) == 0
 
 
 def without_retries(client: aredis.Redis) -> aredis.Redis:

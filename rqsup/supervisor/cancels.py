@@ -103,6 +103,11 @@ async def listen(w: Worker) -> None:
     """Follow the queue's cancel channel for as long as the worker runs."""
     episode = Episode(f"queue {w.queue_name}: cancel messages", log)
     channel = w.core.keys.cancel_channel
+    if not hasattr(w.client, "pubsub"):
+        # redis-py's asyncio Cluster client has pub/sub only in newer releases.
+        log.warning("queue %s: this redis-py has no pub/sub on a Cluster client; a cancel is "
+                    "heard at the job's next lease renewal instead", w.queue_name)
+        await asyncio.Event().wait()
     while True:
         pubsub = None
         try:
