@@ -17,7 +17,9 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local MAXLEN = tonumber(redis.call('HGET', k.meta, 'max_events')) or 10000
+-- The queue settings every call reads at its start, in one command.
+local META = redis.call('HMGET', k.meta, 'max_events', 'history_s')
+local MAXLEN = tonumber(META[1]) or 10000
 
 -- Append one event to the capped stream; returns the stream id.
 local function emit(...)

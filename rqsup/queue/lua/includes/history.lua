@@ -6,7 +6,7 @@
 -- memory is bounded without trimming. Scripts record each job in a Lua
 -- table and write once per call (history_flush).
 -- Included after common.
-local HISTORY_S = tonumber(redis.call('HGET', k.meta, 'history_s') or '604800') or 604800
+local HISTORY_S = tonumber(META[2] or '604800') or 604800  -- read by common
 local HISTORY = {}
 local HIST_EDGES = {10, 100, 1000, 10000, 60000, 600000}
 
