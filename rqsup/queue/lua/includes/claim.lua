@@ -28,9 +28,10 @@ end
 -- limit may lift (ms; -1: not rate limited, e.g. paused or at concurrency).
 local function claim_budget(n)
   if n <= 0 then return 0, -1 end
-  if redis.call('HEXISTS', k.meta, 'paused') == 1 then return 0, -1 end
-  local m = redis.call('HMGET', k.meta, 'concurrency', 'limiter_max')
-  local cap = tonumber(m[1])
+  -- One read of the settings: paused (the field exists), the cap, the rate.
+  local m = redis.call('HMGET', k.meta, 'paused', 'concurrency', 'limiter_max')
+  if m[1] then return 0, -1 end
+  local cap = tonumber(m[2])
   if cap then
     local free = cap - redis.call('ZCARD', k.active)
     if free < n then n = free end
@@ -38,7 +39,7 @@ local function claim_budget(n)
   local manual = redis.call('PTTL', MANUAL_LIMIT)
   if manual > 0 then return 0, manual end
   local used = redis.call('GET', LIMITER)
-  local lmax = tonumber(m[2])
+  local lmax = tonumber(m[3])
   if used then
     local ttl = redis.call('PTTL', LIMITER)
     if ttl <= 0 then
