@@ -70,9 +70,10 @@ local function spend_budget(taken)
 end
 
 -- A job left active (complete, fail): under a concurrency cap, wake a worker
--- that may be waiting for a slot while work is ready.
+-- that may be waiting for a slot while work is ready. (The cap as read at the
+-- call's start: none of its callers changes it.)
 local function wake_if_capped()
-  if redis.call('HEXISTS', k.meta, 'concurrency') == 1
+  if META[3]
       and (redis.call('LLEN', k.wait) > 0 or redis.call('ZCARD', k.prioritized) > 0) then
     wake()
   end

@@ -17,8 +17,9 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The queue settings every call reads at its start, in one command.
-local META = redis.call('HMGET', k.meta, 'max_events', 'history_s')
+-- The queue settings every call reads at its start, in one command (a call
+-- that changes one of them reads it again itself: limits.lua, pause.lua).
+local META = redis.call('HMGET', k.meta, 'max_events', 'history_s', 'concurrency')
 local MAXLEN = tonumber(META[1]) or 10000
 
 -- Append one event to the capped stream; returns the stream id.
