@@ -24,6 +24,7 @@ from typing import Any
 
 from rqsup import Queue
 from rqsup.queue.connection import sync_client
+from tests.helpers import wait_until
 from tests.procs import Supervisor, config_text, uid
 
 PROC = "tests.fixtures.chaos_procs:work"
@@ -105,23 +106,24 @@ class Run:
         return q
 
     def completed(self, q: Queue) -> int:
-        for _ in range(100):
+        def readable() -> list[int] | None:
             try:
-                return int(q.counts()["completed"])
+                return [int(q.counts()["completed"])]
             except Exception:  # the topology is failing over under us
-                time.sleep(0.1)
-        raise AssertionError("the queue's counts stayed unreadable for 10s")
+                return None
+        return int(wait_until(readable, "the queue's counts readable", 10)[0])
+
+    def _at_least(self, q: Queue, n: int, what: str) -> bool:
+        for s in self.sups:
+            s.check_running(what)
+        return self.completed(q) >= n
 
     def fault_when(self, q: Queue, done: int, kind: str, act: Callable[[], Any],
                    timeout_s: float = 120.0) -> None:
         """When ``done`` jobs completed, run ``act`` (it returns once the
         topology is healthy again) and record the fault."""
-        deadline = time.monotonic() + timeout_s
-        while self.completed(q) < done:
-            assert time.monotonic() < deadline, f"{done} jobs did not complete before {kind}"
-            for s in self.sups:
-                s.check_running(kind)
-            time.sleep(0.05)
+        wait_until(lambda: self._at_least(q, done, kind), f"{done} jobs completed before {kind}",
+                   timeout_s)
         f = Fault(kind, time.monotonic_ns())
         act()
         f.healthy_ns = time.monotonic_ns()
@@ -132,41 +134,45 @@ class Run:
         """Add a few jobs at a time until every supervisor completed one after
         the topology was healthy again, or the bound passed."""
         healthy_ms = time.time() * 1000 - (time.monotonic_ns() - f.healthy_ns) / 1e6
-        deadline = time.monotonic() + self.recover_bound_s + 5
-        while len(f.recovered) < len(self.names) and time.monotonic() < deadline:
+        added_at = [0.0]
+
+        def all_recovered() -> bool:
+            if time.monotonic() - added_at[0] < 0.05:  # a round per 50 ms: 10 jobs, a look
+                return False
+            added_at[0] = time.monotonic()
             batch = [f"p{len(self.probes) + i}" for i in range(10)]
             with contextlib.suppress(Exception):  # a transient: the next round adds them
                 q.add_bulk([self.spec(jid) for jid in batch])
                 self.probes += batch
-            time.sleep(0.05)
-            with contextlib.suppress(Exception):
-                recent = q.client.zrevrange(q.core.keys.completed, 0, 300)
-                pipe = q.client.pipeline(transaction=False)
-                for jid in recent:
-                    pipe.hmget(q.core.keys.job(jid.decode()), "worker", "finished_on")
-                for worker, finished in pipe.execute():
-                    if not worker or not finished or float(finished) < healthy_ms:
-                        continue
-                    name = worker.decode().split("@", 1)[0]
-                    took = (float(finished) - healthy_ms) / 1000
-                    if name in self.names:
-                        f.recovered[name] = min(took, f.recovered.get(name, took))
+            self._note_recovered(q, f, healthy_ms)
+            return len(f.recovered) == len(self.names)
+        # Not recovering in time is a finding of the verdict, not an error here.
+        with contextlib.suppress(AssertionError):
+            wait_until(all_recovered, "every supervisor completing a job",
+                       self.recover_bound_s + 5)
+
+    def _note_recovered(self, q: Queue, f: Fault, healthy_ms: float) -> None:
+        """Each supervisor's first completion since the topology was healthy."""
+        with contextlib.suppress(Exception):
+            recent = q.client.zrevrange(q.core.keys.completed, 0, 300)
+            pipe = q.client.pipeline(transaction=False)
+            for jid in recent:
+                pipe.hmget(q.core.keys.job(jid.decode()), "worker", "finished_on")
+            for worker, finished in pipe.execute():
+                if not worker or not finished or float(finished) < healthy_ms:
+                    continue
+                name = worker.decode().split("@", 1)[0]
+                took = (float(finished) - healthy_ms) / 1000
+                if name in self.names:
+                    f.recovered[name] = min(took, f.recovered.get(name, took))
 
     def finish(self, q: Queue, timeout_s: float = 180.0) -> None:
         """Until every job is completed as a new connection sees it (one made
         before a failover may still read a demoted primary)."""
-        deadline = time.monotonic() + timeout_s
-
-        def done() -> int:
+        def done() -> bool:
             with Queue(self.queue, self.url) as fresh:
-                return self.completed(fresh)
-        while done() < self.jobs + len(self.probes):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {self.completed(q)} of {self.jobs} jobs completed "
-                                     f"in {timeout_s}s; counts {q.counts()}")
-            for s in self.sups:
-                s.check_running("all jobs completed")
-            time.sleep(0.1)
+                return self._at_least(fresh, self.jobs + len(self.probes), "all jobs completed")
+        wait_until(done, f"all {self.jobs} jobs and the probes completed", timeout_s)
 
     def stop(self) -> None:
         for s in self.sups:

@@ -17,6 +17,7 @@ import redis
 from rqsup import Queue
 from rqsup.redis_server import RedisServer
 from rqsup.supervisor import ActiveJob, Worker
+from tests.helpers import await_until
 
 N = 200
 
@@ -105,8 +106,7 @@ def test_a_worker_makes_one_round_trip_per_job(counted: tuple[str, redis.Redis])
     async def main() -> None:
         w = Worker("trips", proc, url=url, concurrency=1)
         task = asyncio.create_task(w.run())
-        while q.counts()["completed"] < N:
-            await asyncio.sleep(0.01)
+        await await_until(lambda: q.counts()["completed"] >= N, f"{N} jobs completed", 60)
         await w.close(5)
         await task
 

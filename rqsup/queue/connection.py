@@ -139,12 +139,19 @@ def async_client(url: str | None, *, retries: int = _RETRIES, **extra: Any) -> a
     return client
 
 
-def is_cluster(client: Any) -> bool:
-    """A redis-py Cluster client (sync or asyncio)."""
-    from redis.asyncio.cluster import RedisCluster as AsyncCluster
-    from redis.cluster import RedisCluster
+_CLUSTER_TYPES: tuple[type, ...] | None = None
 
-    return isinstance(client, RedisCluster | AsyncCluster)
+
+def is_cluster(client: Any) -> bool:
+    """A redis-py Cluster client (sync or asyncio); the drivers ask on every
+    call, so the classes are looked up once."""
+    global _CLUSTER_TYPES
+    if _CLUSTER_TYPES is None:
+        from redis.asyncio.cluster import RedisCluster as AsyncCluster
+        from redis.cluster import RedisCluster
+
+        _CLUSTER_TYPES = (RedisCluster, AsyncCluster)
+    return isinstance(client, _CLUSTER_TYPES)
 
 
 def client_key(client: Any) -> int:

@@ -99,8 +99,6 @@ class AdminOps:
         while True:
             scan = ("SCAN", cursor, "MATCH", self.keys.glob(), "COUNT", 1000)
             cursor, found = yield Command(scan, route=self.keys.meta)
-            if isinstance(cursor, dict):  # a Cluster client: {node: cursor} of the one node
-                cursor = next(iter(cursor.values()), 0)
             if found:
                 yield Command(("UNLINK", *found))
             if int(cursor) == 0:

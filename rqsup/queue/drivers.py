@@ -59,8 +59,10 @@ def _pipeline_plan(client: Any, reqs: Sequence[Script | Command],
             plan.append((r.args, {"target_nodes": client.get_node_from_key(r.route)}))
         else:
             plan.append((r.args, {}))
+    if wait_replicas <= 0:
+        return plan
     durable = [r for r in reqs if isinstance(r, Script) and r.name in DURABLE and r.keys]
-    if wait_replicas <= 0 or not durable:
+    if not durable:
         return plan
     wait = ("WAIT", wait_replicas, WAIT_TIMEOUT_MS)
     if not is_cluster(client):
@@ -85,10 +87,11 @@ def _needs_wait(req: Script, wait_replicas: int) -> bool:
     return wait_replicas > 0 and req.name in DURABLE
 
 
-def _one(reply: Any) -> Any:
-    """A Cluster client gives a routed command's reply as {node: reply}."""
-    if isinstance(reply, dict) and len(reply) == 1:
-        return next(iter(reply.values()))
+def _routed(reply: Any) -> Any:
+    """A Cluster client gives a routed SCAN's cursor per node ({node: cursor});
+    routed to one node, it is that node's cursor, as on one Redis."""
+    if isinstance(reply, list | tuple) and len(reply) == 2 and isinstance(reply[0], dict):
+        return (next(iter(reply[0].values()), 0), reply[1])
     return reply
 
 
@@ -144,7 +147,7 @@ class SyncDriver(_Closable):
         if isinstance(req, Command):
             if req.route is not None and is_cluster(self.client):
                 node = self.client.get_node_from_key(req.route)  # type: ignore[attr-defined]
-                return _one(self.client.execute_command(*req.args, target_nodes=node))  # type: ignore[no-untyped-call]
+                return _routed(self.client.execute_command(*req.args, target_nodes=node))  # type: ignore[no-untyped-call]
             return _run(self.client, *req.args)
         return self._batch(req.requests, check=not req.errors_in_place)
 
@@ -210,7 +213,7 @@ class AsyncDriver(_Closable):
         if isinstance(req, Command):
             if req.route is not None and is_cluster(self.client):
                 node = self.client.get_node_from_key(req.route)  # type: ignore[attr-defined]
-                return _one(await self.client.execute_command(*req.args, target_nodes=node))  # type: ignore[no-untyped-call]
+                return _routed(await self.client.execute_command(*req.args, target_nodes=node))  # type: ignore[no-untyped-call]
             return await _arun(self.client, *req.args)
         if req.errors_in_place:
             return await self.execute_each(req.requests)

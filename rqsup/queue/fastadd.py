@@ -24,6 +24,7 @@ import redis
 from rqsup.errors import EncodeError
 from rqsup.queue import codec, tracehook
 from rqsup.queue.core import ADD_OUTCOMES, Added
+from rqsup.queue.record import fields_of
 from rqsup.queue.scripts import SCRIPTS
 
 if TYPE_CHECKING:
@@ -93,14 +94,8 @@ class FastAdd:
             fields = {"name": name, "data": text.decode(), "timestamp": str(int(entry[3])),
                       **self.stored_base}
         else:
-            fields = codec_fields(entry[3])
+            fields = fields_of(entry[3])
         return Added(codec.text(entry[0]), outcome, codec.text(entry[2]), fields)
-
-
-def codec_fields(flat: Any) -> dict[str, str]:
-    from rqsup.queue.record import fields_of
-
-    return fields_of(flat)
 
 
 def usable(queue: Queue, options: dict[str, Any]) -> bool:
