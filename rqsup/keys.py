@@ -185,6 +185,11 @@ class QueueKeys:
         back a worker's jobs costs its own jobs, not the whole active set."""
         return f"{self.base}:worker-jobs:{worker_id}"
 
+    def reply(self, token: str) -> str:
+        """A call's reply list (request/response): its job's outcome is pushed
+        there when the job ends (answer_call, common.lua)."""
+        return f"{self.base}:reply:{token}"
+
     def worker_wake(self, worker_id: str) -> str:
         """A worker's private wake-up key: it blocks on it beside the marker, so
         its own close can wake it (a marker wake may go to another worker)."""

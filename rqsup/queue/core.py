@@ -157,8 +157,13 @@ class QueueCore(AdminOps, DepsOps, ReadOps, HistoryOps):
                 raise type(exc)(f"bulk job #{i}: {exc}") from None
         return specs
 
-    def op_add_jobs(self, specs: list[AddSpec]) -> Op[list[Added]]:
-        """Add jobs; returns what happened to each (:class:`Added`)."""
+    def op_add_jobs(
+        self, specs: list[AddSpec], reply_to: str | None = None
+    ) -> Op[list[Added]]:
+        """Add jobs; returns what happened to each (:class:`Added`).
+        ``reply_to``: the reply list of a call (one job), answered when it ends."""
+        if reply_to is not None and len(specs) != 1:
+            raise ValueError("a reply list is for a call: one job")
         out: list[Added] = []
         chunks = [specs[i : i + ADD_CHUNK] for i in range(0, len(specs), ADD_CHUNK)]
         # Send up to 8 chunks per round trip: fewer waits, bounded pipeline size.
@@ -168,6 +173,8 @@ class QueueCore(AdminOps, DepsOps, ReadOps, HistoryOps):
                 args: list[Any] = [len(chunk)]
                 for s in chunk:
                     args.extend(s.args)
+                if reply_to is not None:
+                    args.append(reply_to)
                 reqs.append(self.script("add", *args))
             replies = yield (reqs[0] if len(reqs) == 1 else Batch(reqs))
             if len(reqs) == 1:

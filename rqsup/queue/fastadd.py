@@ -48,15 +48,14 @@ class FastAdd:
         self.shared = a[3:]
         self.max_data = core.max_data_bytes
         # EVALSHA sha 1 <base> <N=1> <custom id ''> <name> <data> <8 option args>
-        self.head = b"*16\r\n" + b"".join(_arg(x) for x in (
+        # [<reply list>]
+        self.head = b"".join(_arg(x) for x in (
             "EVALSHA", SCRIPTS["add"].sha, 1, core.key_list[0], 1, ""))
         self.tail = b"".join(_arg(x) for x in self.shared)
         self.stored_base = {"opts": a[3], "delay": str(a[4]), "priority": str(a[5]),
                             "attempts": str(a[7]), "attempts_made": "0"}
 
-    def add(self, queue: Queue, name: str, data: Any) -> Added | None:
-        """The add's outcome, or None when the ordinary path must take it
-        (nothing was written then)."""
+    def _encode(self, name: str, data: Any) -> bytes | None:
         if not isinstance(name, str) or not name:
             return None  # the ordinary path names the problem
         try:
@@ -67,27 +66,80 @@ class FastAdd:
             raise EncodeError(f"data of job {name!r} is {len(text)} bytes of JSON, over the "
                               f"limit of {self.max_data} (max_data_bytes): store it "
                               "elsewhere and pass a reference")
-        frame = self.head + _bulk(name.encode()) + _bulk(text) + self.tail
+        return text
+
+    def add(self, queue: Queue, name: str, data: Any) -> Added | None:
+        """The add's outcome, or None when the ordinary path must take it
+        (nothing was written then)."""
+        text = self._encode(name, data)
+        if text is None:
+            return None
+        frame = b"*16\r\n" + self.head + _bulk(name.encode()) + _bulk(text) + self.tail
         pool = queue.client.connection_pool
         conn = pool.get_connection()
+        reply = self._send(pool, conn, frame)
+        if reply is None:
+            return None
+        pool.release(conn)
+        return self._added(reply, name, text)
+
+    def call(
+        self, queue: Queue, name: str, data: Any, reply_to: str, block_s: float
+    ) -> tuple[Added, Any] | None:
+        """Request/response in one write: the add (with its reply list) and a
+        BLPOP on that list, so the wait starts without a round trip in between.
+        (the add's outcome, the BLPOP's reply: None when it timed out or its
+        connection failed), or None when the ordinary path must take it."""
+        text = self._encode(name, data)
+        if text is None:
+            return None
+        rk = _bulk(reply_to.encode())
+        frame = (b"*17\r\n" + self.head + _bulk(name.encode()) + _bulk(text) + self.tail + rk
+                 + b"*3\r\n$5\r\nBLPOP\r\n" + rk + _arg(f"{block_s:.3f}"))
+        pool = queue.client.connection_pool
+        conn = pool.get_connection()
+        reply = self._send(pool, conn, frame, pending=True)
+        if reply is None:
+            return None
+        added = self._added(reply, name, text)
         try:
-            conn.send_packed_command([frame])  # type: ignore[no-untyped-call]
-            reply = conn.read_response()
+            popped = conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            popped = None  # the job is stored: the caller waits the ordinary way
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            pool.release(conn)
+            raise
+        pool.release(conn)
+        return added, popped
+
+    @staticmethod
+    def _send(pool: Any, conn: Any, frame: bytes, pending: bool = False) -> Any:
+        """Write ``frame`` and read the add's reply; None (the connection given
+        back) when the ordinary path must take the add. ``pending``: a reply
+        follows the add's (a failed add then drops the connection with it)."""
+        try:
+            conn.send_packed_command([frame])
+            return conn.read_response()
         except redis.ResponseError:
+            if pending:  # the BLPOP behind it would block: drop it with the connection
+                conn.disconnect()
             pool.release(conn)
             return None  # NOSCRIPT and the like: the ordinary path handles them
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             # The reply is lost: drop the connection and let the ordinary path
             # send it again, as redis-py's own one retry would (an auto-id add
             # may then be stored twice; docs/decisions.md).
-            conn.disconnect()  # type: ignore[no-untyped-call]
+            conn.disconnect()
             pool.release(conn)
             return None
         except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call]  # it may hold an unread reply
+            conn.disconnect()  # it may hold an unread reply
             pool.release(conn)
             raise
-        pool.release(conn)
+
+    def _added(self, reply: Any, name: str, text: bytes) -> Added:
         entry = reply[0]
         outcome = ADD_OUTCOMES[int(entry[1])]
         if outcome == "created":

@@ -11,7 +11,7 @@ from typing import Any, cast
 import redis
 
 from rqsup.errors import InvalidOption, JobNotFound
-from rqsup.queue import codec, fastadd, tracehook
+from rqsup.queue import calls, codec, fastadd, tracehook
 from rqsup.queue import schedulers as sched
 from rqsup.queue.connection import sync_client
 from rqsup.queue.core import Added, QueueCore
@@ -154,8 +154,20 @@ class Queue:
         """
         if "job_timeout" in options:  # `timeout` here is how long to wait
             options["timeout"] = options.pop("job_timeout")
-        job = self.add(name, data, **options)
-        return self.wait_for(job.id, timeout, job.added_event or None)
+        return calls.call(self, name, data, timeout, options)
+
+    def _add_for_call(self, name: str, data: Any, options: dict[str, Any],
+                      reply_to: str) -> Job:
+        """The ordinary add of a call: its job carries the reply list."""
+        spec = self.core.spec(name, data, options)
+        tracing = tracehook.tracing()
+        if tracing is not None:
+            with tracing.producing(self.core.name, name) as tp:
+                spec.traced(tp)
+                [added] = self._driver.drive(self.core.op_add_jobs([spec], reply_to))
+        else:
+            [added] = self._driver.drive(self.core.op_add_jobs([spec], reply_to))
+        return self._job_from_added(added)
 
     def wait_for(
         self, job_id: str, timeout: float | None = None, after_id: str | None = None

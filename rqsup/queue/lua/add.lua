@@ -7,7 +7,9 @@ ARGV: [1] number of jobs N, then 11 values per job:
       delay_ms, priority, lifo (0/1), attempts,
       dedup id ('' = none), dedup mode (until_done | ttl | debounce, then
       flags: "+extend", "+replace", "+keep_last"), dedup ttl_ms (mode ttl;
-      '' or 0 otherwise)
+      '' or 0 otherwise); then optionally the reply list of a call
+      (request/response, queue.call): stored as the jobs' reply_to, and
+      answered when the job ends (answer_call, common.lua)
 Returns: per job {id, outcome, event id or '', timestamp or job hash}:
   outcome 1 created (then the job's timestamp: the caller has the rest of
   what was stored); 0 duplicated (the custom id existed; its hash as stored);
@@ -59,6 +61,8 @@ end
 local now = now_ms()
 local n = tonumber(ARGV[1])
 redis.call('HSETNX', k.meta, 'version', '1')
+local reply_to = ARGV[2 + n * 11]
+if reply_to == '' then reply_to = nil end
 local out = {}
 local woken, woke_delayed = false, false
 for i = 0, n - 1 do
@@ -103,6 +107,7 @@ for i = 0, n - 1 do
   if outcome == 1 then
     local taker, priority = nil, nil
     id, delay, priority = store_job(nil, {unpack(ARGV, b, b + 10)}, now)
+    if reply_to then redis.call('HSET', PREFIX .. id, 'reply_to', reply_to) end
     local state
     if delay > 0 then
       redis.call('ZADD', k.delayed, now + delay, id)

@@ -210,9 +210,7 @@ end
 -- key with a TTL) stays until it expires. Otherwise (the job is deleted by
 -- remove, clean, drain, obliterate) the key goes whatever its mode. An add
 -- kept for after this job (keep_last_if_active) is created then.
-local function release_dedup(id, finished, q)
-  local did = jget((q and q.job or PREFIX) .. id, 'dedup_id')
-  if not did then return end
+local function free_dedup(did, id, finished, q)
   local dk = (q and q.dedup or P.dedup) .. did
   if redis.call('GET', dk) ~= id then return end
   if finished and redis.call('PTTL', dk) > 0 then return end
@@ -241,6 +239,15 @@ local function release_dedup(id, finished, q)
   redis.call('XADD', qq.events, 'MAXLEN', '~', MAXLEN, '*', 'event', 'added', 'id', nid,
     'name', a[2], 'state', state)
   redis.call('ZADD', qq.marker, 0, 'w')
+end
+
+-- The same read gives the job's reply_to (the reply list of a call waiting
+-- for it, or nil), which release_dedup returns.
+local function release_dedup(id, finished, q)
+  local f = jmget((q and q.job or PREFIX) .. id, 'dedup_id', 'reply_to')
+  if not f then return nil end
+  if f[1] then free_dedup(f[1], id, finished, q) end
+  return f[2]
 end
 
 -- Delete a job's keys, nothing else (with a parent's flow keys: flow.lua).
@@ -368,10 +375,26 @@ local function apply_retention(set, now, keep_count, keep_age_ms, q)
   end
 end
 
+-- How long an answer waits in a reply list for a caller that went away.
+local REPLY_TTL_MS = 60000
+
+-- Request/response (queue.call): the job's outcome goes to the caller's
+-- reply list, which the caller reads with BLPOP, before retention may
+-- delete the job. {id, completed (true/false), return value, error type,
+-- reason, stacktrace}, as JSON.
+local function answer_call(id, reply_to, completed)
+  local f = redis.call('HMGET', PREFIX .. id, 'returnvalue', 'error_type', 'failed_reason',
+    'stacktrace')
+  redis.call('LPUSH', reply_to, cjson.encode({id, completed, f[1] or 'null', f[2] or '',
+    f[3] or '', f[4] or ''}))
+  redis.call('PEXPIRE', reply_to, REPLY_TTL_MS)
+end
+
 -- Move a job that left active for good into completed/failed (or delete it).
 -- Releases the job's dedup key (until_done and debounce; a ttl window stays).
 local function finish_job(id, set, now, keep_count, keep_age_ms, q)
-  release_dedup(id, true, q)
+  local reply_to = release_dedup(id, true, q)
+  if reply_to and not q then answer_call(id, reply_to, set == k.completed) end
   if keep_count == 0 then
     drop_job(id, q)
   else
