@@ -21,25 +21,42 @@ Events: completed {id, returnvalue}; plus claim's events. Flows (flow.lua): a
 local now = now_ms()
 local c = tonumber(ARGV[1])
 local codes = {}
+-- Completions that keep the same retention (the usual case: the queue's
+-- default) are trimmed once for the batch, not once per job: trimming to the
+-- newest N after each add or once after all leaves the same jobs.
+local trim_once = c > 1
+for i = 1, c - 1 do
+  if ARGV[8 + i * 5] ~= ARGV[8] or ARGV[9 + i * 5] ~= ARGV[9] then trim_once = false end
+end
+local trimmed = false
+-- Read with the lease check, in its HMGET: the fields history needs (from
+-- the 5th value), then the job's parent (flows), dedup id and reply list.
+local READ = {'processed_on', 'timestamp', 'delay', 'attempts_started', 'ended', 'parent',
+  'dedup_id', 'reply_to'}
 for i = 0, c - 1 do
   local b = 5 + i * 5
   local id, token = ARGV[b], ARGV[b + 1]
   local held, worker, made, seen = checked_lease(id, token, 'completed', now, 'attempts_made',
-    HIST_FIELDS)
+    READ)
   if held == 1 then
     deactivate(id, worker)
     redis.call('HSET', PREFIX .. id, 'returnvalue', ARGV[b + 2], 'finished_on', now,
       'ended', 'completed', 'attempts_made', made + 1)
     emit('event', 'completed', 'id', id, 'returnvalue', ARGV[b + 2])
     history_record('c', seen, now)
-    flow_completed(id, ARGV[b + 2])  -- a parent waiting for it (flows)
-    finish_job(id, k.completed, now, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]))
+    flow_completed(id, ARGV[b + 2], seen[10])  -- a parent waiting for it (flows)
+    finish_job(id, k.completed, now, tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), nil,
+      trim_once, {seen[11], seen[12]})
+    trimmed = trim_once
     codes[#codes + 1] = 0
   elseif held == 0 then
     codes[#codes + 1] = 0
   else
     codes[#codes + 1] = held
   end
+end
+if trimmed and tonumber(ARGV[8]) ~= 0 then
+  apply_retention(k.completed, now, tonumber(ARGV[8]), tonumber(ARGV[9]))
 end
 history_flush(now)
 local claimed = claim_jobs(tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), now,

@@ -243,8 +243,9 @@ end
 
 -- The same read gives the job's reply_to (the reply list of a call waiting
 -- for it, or nil), which release_dedup returns.
-local function release_dedup(id, finished, q)
-  local f = jmget((q and q.job or PREFIX) .. id, 'dedup_id', 'reply_to')
+-- `pre`: {dedup_id, reply_to} as the caller already read them.
+local function release_dedup(id, finished, q, pre)
+  local f = pre or jmget((q and q.job or PREFIX) .. id, 'dedup_id', 'reply_to')
   if not f then return nil end
   if f[1] then free_dedup(f[1], id, finished, q) end
   return f[2]
@@ -392,14 +393,16 @@ end
 
 -- Move a job that left active for good into completed/failed (or delete it).
 -- Releases the job's dedup key (until_done and debounce; a ttl window stays).
-local function finish_job(id, set, now, keep_count, keep_age_ms, q)
-  local reply_to = release_dedup(id, true, q)
+-- `trim_later`: the caller applies the same retention once for a batch;
+-- `pre`: as release_dedup's.
+local function finish_job(id, set, now, keep_count, keep_age_ms, q, trim_later, pre)
+  local reply_to = release_dedup(id, true, q, pre)
   if reply_to and not q then answer_call(id, reply_to, set == k.completed) end
   if keep_count == 0 then
     drop_job(id, q)
   else
     redis.call('ZADD', set, now, id)
-    apply_retention(set, now, keep_count, keep_age_ms, q)
+    if not trim_later then apply_retention(set, now, keep_count, keep_age_ms, q) end
   end
 end
 

@@ -92,9 +92,9 @@ local function release_parent(pk, at_once)
 end
 
 -- complete.lua: job `id` (this queue) completed with `value` (JSON).
-local function flow_completed(id, value)
+local function flow_completed(id, value, pk)
   local ck = PREFIX .. id
-  local pk = jget(ck, 'parent')
+  if pk == nil then pk = jget(ck, 'parent') end  -- false: read already, none
   if not pk or parent_damaged(pk) then return end
   redis.call('HSET', pk .. ':processed', ck, value)
   if redis.call('SREM', pk .. ':deps', ck) == 1 then release_parent(pk) end
