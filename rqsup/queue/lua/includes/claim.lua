@@ -79,6 +79,25 @@ local function wake_if_capped()
   end
 end
 
+-- The hash as read, with what activate changed appended (a later field wins
+-- when the reply is read into a dict).
+local function with_fields(flat, extra)
+  for _, v in ipairs(extra) do flat[#flat + 1] = v end
+  return flat
+end
+
+-- The job's own part of activating it (activate, claim_jobs); now_s: the
+-- time as a string (Redis 7.0 formats every Lua number it is given anew).
+local function mark_active(id, worker, token, now_s, started)
+  started = tostring(started + 1)
+  -- redeliver: emptied in the same call, so only the first claim after a
+  -- give-back counts as a redelivery (the hash as read still shows it).
+  redis.call('HSET', PREFIX .. id, 'token', token, 'worker', worker, 'processed_on', now_s,
+    'attempts_started', started, 'redeliver', '')
+  emit('event', 'active', 'id', id)
+  return {'token', token, 'worker', worker, 'processed_on', now_s, 'attempts_started', started}
+end
+
 -- Make one (checked) job active for `worker`; `started`: its attempts so far.
 -- Returns its token and the fields this changed, to append to the hash the
 -- caller read before.
@@ -86,22 +105,32 @@ local function activate(id, worker, deadline, now, started)
   local token = tostring(redis.call('INCR', k.fence))
   redis.call('ZADD', k.active, deadline, id)
   redis.call('SADD', P.worker_jobs .. worker, id)
-  started = tostring(started + 1)
-  -- redeliver: emptied in the same call, so only the first claim after a
-  -- give-back counts as a redelivery (the hash as read still shows it).
-  redis.call('HSET', PREFIX .. id, 'token', token, 'worker', worker, 'processed_on', now,
-    'attempts_started', started, 'redeliver', '')
-  emit('event', 'active', 'id', id)
-  return token, {'token', token, 'worker', worker, 'processed_on', tostring(now),
-    'attempts_started', started}
+  return token, mark_active(id, worker, token, tostring(now), started)
 end
 
--- The hash as read, with what activate changed appended (a later field wins
--- when the reply is read into a dict).
-local function with_fields(flat, extra)
-  for _, v in ipairs(extra) do flat[#flat + 1] = v end
-  return flat
+-- activate for a batch: tokens from one INCRBY (still unique and rising),
+-- one ZADD and one SADD for up to CLAIM_CHUNK jobs ({id, flat, started}).
+local CLAIM_CHUNK = 500
+local function activate_all(good, worker, deadline, now, out)
+  local now_s, deadline_s = tostring(now), tostring(deadline)
+  for c = 1, #good, CLAIM_CHUNK do
+    local last = math.min(c + CLAIM_CHUNK - 1, #good)
+    local top = redis.call('INCRBY', k.fence, last - c + 1)
+    local scored, ids = {}, {}
+    for i = c, last do
+      local g = good[i]
+      local token = tostring(top - last + i)
+      scored[#scored + 1] = deadline_s
+      scored[#scored + 1] = g[1]
+      ids[#ids + 1] = g[1]
+      out[#out + 1] = {g[1], token, with_fields(g[2], mark_active(g[1], worker, token, now_s,
+        g[3]))}
+    end
+    redis.call('ZADD', k.active, unpack(scored))
+    redis.call('SADD', P.worker_jobs .. worker, unpack(ids))
+  end
 end
+
 
 -- Hand-off: a worker whose claim came back short registers in k.idle (member
 -- "<lease_ms>|<worker>", score = expiry) while it blocks on its inbox and the
@@ -193,12 +222,10 @@ local function claim_jobs(n, worker, lease_ms, now, idle_ms)
         good[#good + 1] = {id, flat, started}
       end
     end
-    local deadline = now + lease_ms
-    for _, g in ipairs(good) do
-      local token, changed = activate(g[1], worker, deadline, now, g[3])
-      out[#out + 1] = {g[1], token, with_fields(g[2], changed)}
+    if #good > 0 then
+      activate_all(good, worker, now + lease_ms, now, out)
+      redis.call('SADD', k.workers, worker)
     end
-    if #good > 0 then redis.call('SADD', k.workers, worker) end
     spend_budget(#good)
     if n < wanted and limited_ms < 0 then
       local _left, wait = claim_budget(1)  -- did we just use up the window?
