@@ -23,6 +23,7 @@ from rqsup.queue.scripts import Batch, Command, Op, Script
 #: Jobs per add script call: large enough to amortise the call, small enough
 #: not to block Redis for long (~5 ms).
 ADD_CHUNK = 500
+ADD_CHUNKS_PER_CALL = 8
 #: What add.lua did with each job (its second reply value).
 ADD_OUTCOMES = {1: "created", 0: "duplicated", 2: "deduplicated", 3: "debounced"}
 #: get_jobs reads past ids whose hash is gone at most this many times per state.
@@ -166,10 +167,11 @@ class QueueCore(AdminOps, DepsOps, ReadOps, HistoryOps):
             raise ValueError("a reply list is for a call: one job")
         out: list[Added] = []
         chunks = [specs[i : i + ADD_CHUNK] for i in range(0, len(specs), ADD_CHUNK)]
-        # Send up to 8 chunks per round trip: fewer waits, bounded pipeline size.
-        for g in range(0, len(chunks), 8):
+        # Send up to ADD_CHUNKS_PER_CALL chunks per round trip: fewer waits,
+        # bounded pipeline size.
+        for g in range(0, len(chunks), ADD_CHUNKS_PER_CALL):
             reqs = []
-            for chunk in chunks[g : g + 8]:
+            for chunk in chunks[g : g + ADD_CHUNKS_PER_CALL]:
                 args: list[Any] = [len(chunk)]
                 for s in chunk:
                     args.extend(s.args)

@@ -59,12 +59,34 @@ local function dedup_verdict(dk, kept, mode, flags)
 end
 
 local now = now_ms()
+local now_s = tostring(now)  -- formatted once (Redis 7.0 formats each number it is given)
 local n = tonumber(ARGV[1])
 redis.call('HSETNX', k.meta, 'version', '1')
 local reply_to = ARGV[2 + n * 11]
 if reply_to == '' then reply_to = nil end
 local out = {}
 local woken, woke_delayed = false, false
+-- A batch without dedup creates a job for every add without a custom id:
+-- their auto ids are drawn with one INCRBY, in add order (with dedup in
+-- the batch, each is drawn when its job is created: ids stay in add order).
+local autos, next_auto = 0, nil
+for i = 0, n - 1 do
+  local b = 2 + i * 11
+  if ARGV[b + 8] ~= '' then autos = 0; break end
+  local cid = ARGV[b]
+  if cid == '' or string.byte(cid, 1) == 35 then autos = autos + 1 end
+end
+if autos > 1 then next_auto = redis.call('INCRBY', k.id, autos) - autos + 1 end
+-- Ready jobs pushed to wait by this call, not yet sent: one LPUSH for a run
+-- of them (flushed before any other push, so the order stays the same).
+local pending = {}
+local function flush_wait()
+  if #pending > 0 then
+    redis.call('LPUSH', k.wait, unpack(pending))
+    pending = {}
+  end
+end
+local ready_seen = false  -- a job of this call is ready: nothing to hand off
 for i = 0, n - 1 do
   local b = 2 + i * 11
   local id = ARGV[b]
@@ -106,23 +128,32 @@ for i = 0, n - 1 do
   local delay = tonumber(ARGV[b + 4])
   if outcome == 1 then
     local taker, priority = nil, nil
-    id, delay, priority = store_job(nil, {unpack(ARGV, b, b + 10)}, now)
-    if reply_to then redis.call('HSET', PREFIX .. id, 'reply_to', reply_to) end
+    local auto = nil
+    if next_auto and (ARGV[b] == '' or string.byte(ARGV[b], 1) == 35) then
+      auto, next_auto = tostring(next_auto), next_auto + 1
+    end
+    id, delay, priority = store_job(nil, {unpack(ARGV, b, b + 10)}, now_s, auto, reply_to)
     local state
     if delay > 0 then
       redis.call('ZADD', k.delayed, now + delay, id)
       state = 'delayed'
     else
       -- Nothing else ready (due delayed jobs count: a claim promotes them first).
-      if redis.call('LLEN', k.wait) == 0 and redis.call('ZCARD', k.prioritized) == 0
-          and #redis.call('ZRANGEBYSCORE', k.delayed, '-inf', now, 'LIMIT', 0, 1) == 0 then
+      if not ready_seen and redis.call('LLEN', k.wait) == 0
+          and redis.call('ZCARD', k.prioritized) == 0
+          and #redis.call('ZRANGEBYSCORE', k.delayed, '-inf', now, 'LIMIT', '0', '1') == 0 then
         taker = idle_worker(now)
       end
       if taker then
         state = 'active'
+      elseif priority == 0 and ARGV[b + 6] ~= '1' then
+        pending[#pending + 1] = id
+        state = 'wait'
       else
+        flush_wait()
         state = push_ready(id, priority, ARGV[b + 6] == '1')
       end
+      ready_seen = ready_seen or not taker
     end
     if state == 'delayed' and not woke_delayed then
       -- A delayed job wakes a worker too (even while paused): it recomputes
@@ -159,5 +190,7 @@ for i = 0, n - 1 do
     if is_err(flat) then flat = {} end
     out[#out + 1] = {kept, outcome, '', flat}
   end
+  if #pending >= 1000 then flush_wait() end  -- bounded: unpack has limits
 end
+flush_wait()
 return out

@@ -180,18 +180,26 @@ end
 -- caller places it (delayed, ready, or handed off). Returns id, delay_ms,
 -- priority, lifo (bool). A custom id '#<n>' is an auto id of partition n
 -- (partitioned queues): '<next id>#<n>', unique across the partitions.
-local function store_job(q, a, now)
+-- `auto`: an auto id drawn already (add.lua draws a batch's at once);
+-- `reply_to`: a call's reply list (add.lua).
+local function store_job(q, a, now, auto, reply_to)
   local dedp = q and q.dedup or P.dedup
   local id = a[1]
   if id == '' then
-    id = tostring(redis.call('INCR', (q or k).id))
+    id = auto or tostring(redis.call('INCR', (q or k).id))
   elseif string.byte(id, 1) == 35 then
-    id = tostring(redis.call('INCR', (q or k).id)) .. id
+    id = (auto or tostring(redis.call('INCR', (q or k).id))) .. id
   end
   local delay, priority = tonumber(a[5]), tonumber(a[6])
   local jk = (q and q.job or PREFIX) .. id
-  redis.call('HSET', jk, 'name', a[2], 'data', a[3], 'opts', a[4], 'timestamp', now,
-    'delay', delay, 'priority', priority, 'attempts', a[8], 'attempts_made', 0)
+  if reply_to then
+    redis.call('HSET', jk, 'name', a[2], 'data', a[3], 'opts', a[4], 'timestamp', now,
+      'delay', delay, 'priority', priority, 'attempts', a[8], 'attempts_made', '0',
+      'reply_to', reply_to)
+  else
+    redis.call('HSET', jk, 'name', a[2], 'data', a[3], 'opts', a[4], 'timestamp', now,
+      'delay', delay, 'priority', priority, 'attempts', a[8], 'attempts_made', '0')
+  end
   if a[9] ~= '' then
     redis.call('HSET', jk, 'dedup_id', a[9])
     local ttl = tonumber(a[11]) or 0
