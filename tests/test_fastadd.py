@@ -56,3 +56,36 @@ def test_fast_adds_survive_noscript_and_a_redis_restart(private_redis: RedisServ
     q.add("three")
     assert q.counts()["wait"] == 3
     q.close()
+
+
+def test_a_streamed_bulk_add_stores_every_job_in_order(redis_url: str) -> None:
+    q = Queue("fbulk", redis_url)
+    q.add("warm")
+    n = 1_234  # three chunks of add.lua calls
+    jobs = q.add_bulk([{"name": "x", "data": {"i": i}} for i in range(n)])
+    assert [j.data["i"] for j in jobs] == list(range(n))
+    ids = [int(j.id) for j in jobs]
+    assert ids == sorted(ids) and len(set(ids)) == n  # auto ids in add order
+    assert all(j.add_outcome == "created" and j.added_event for j in jobs)
+    assert q.counts()["wait"] == n + 1
+    # FIFO: the claim order is the add order
+    reply = q._driver.execute(q.core.script("claim", 5, "w1", 30_000))
+    assert [i.decode() for i, _t, _f in reply[1:]] == ["1"] + [j.id for j in jobs[:4]]
+    with pytest.raises(EncodeError, match="bulk job #1000"):
+        q.add_bulk([("x", i) for i in range(1000)] + [("x", {1, 2})])
+    assert q.counts()["wait"] == n + 1 - 5  # one bad job: nothing of that batch written
+    q.close()
+
+
+@pytest.mark.single_only("a private redis-server whose scripts are flushed")
+def test_a_streamed_bulk_add_survives_noscript(private_redis: RedisServer) -> None:
+    q = Queue("fbn", private_redis.url)
+    q.add("warm")
+    redis.Redis.from_url(private_redis.url).script_flush()
+    jobs = q.add_bulk([("x", i) for i in range(1_100)])  # NOSCRIPT: the ordinary path
+    assert [j.data for j in jobs] == list(range(1_100))
+    private_redis.restart()  # the pooled connection is dead: its chunks go the ordinary way
+    jobs = q.add_bulk([("y", i) for i in range(1_100)])
+    assert [j.data for j in jobs] == list(range(1_100))
+    assert q.counts()["wait"] >= 2_201  # a lost reply may add a chunk twice (decisions.md)
+    q.close()

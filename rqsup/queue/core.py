@@ -18,7 +18,7 @@ from rqsup.queue.deps import DepsOps
 from rqsup.queue.history import HistoryOps
 from rqsup.queue.reads import ReadOps
 from rqsup.queue.record import JobRecord, fields_of
-from rqsup.queue.scripts import Batch, Command, Op, Script
+from rqsup.queue.scripts import SCRIPTS, Batch, Command, Op, Script
 
 #: Jobs per add script call: large enough to amortise the call, small enough
 #: not to block Redis for long (~5 ms).
@@ -47,6 +47,17 @@ def _dedup_mode(dedup: Mapping[str, Any]) -> str:
     flags = dedup.get("flags") or ()
     short = {"keep_last_if_active": "keep_last"}
     return str(dedup.get("mode", "")) + "".join("+" + short.get(f, f) for f in flags)
+
+
+def added_from(specs: list[AddSpec], entries: list[Any]) -> list[Added]:
+    """What add.lua did with each job, from its reply entries."""
+    out = []
+    for spec, entry in zip(specs, entries, strict=True):
+        outcome = ADD_OUTCOMES[int(entry[1])]
+        created = outcome == "created"
+        fields = spec.stored(int(entry[3])) if created else fields_of(entry[3])
+        out.append(Added(codec.text(entry[0]), outcome, codec.text(entry[2]), fields))
+    return out
 
 
 class AddSpec:
@@ -183,12 +194,15 @@ class QueueCore(AdminOps, DepsOps, ReadOps, HistoryOps):
                 replies = [replies]
             entries = [entry for reply in replies for entry in reply]
             done = len(out)
-            for spec, entry in zip(specs[done:done + len(entries)], entries, strict=True):
-                outcome = ADD_OUTCOMES[int(entry[1])]
-                created = outcome == "created"
-                fields = spec.stored(int(entry[3])) if created else fields_of(entry[3])
-                out.append(Added(codec.text(entry[0]), outcome, codec.text(entry[2]), fields))
+            out += added_from(specs[done:done + len(entries)], entries)
         return out
+
+    def add_args(self, chunk: list[AddSpec]) -> tuple[Any, ...]:
+        """The EVALSHA of add.lua for one chunk (fastbulk packs it itself)."""
+        args: list[Any] = ["EVALSHA", SCRIPTS["add"].sha, 1, self.key_list[0], len(chunk)]
+        for s in chunk:
+            args.extend(s.args)
+        return tuple(args)
 
     # -- deduplication --------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any, cast
 import redis
 
 from rqsup.errors import InvalidOption, JobNotFound
-from rqsup.queue import calls, codec, fastadd, tracehook
+from rqsup.queue import calls, codec, fastadd, fastbulk, tracehook
 from rqsup.queue import schedulers as sched
 from rqsup.queue.connection import sync_client
 from rqsup.queue.core import Added, QueueCore
@@ -129,6 +129,8 @@ class Queue:
     def add_bulk(self, jobs: Iterable[Any]) -> list[Job]:
         """Add many jobs in few round trips: ``[{"name", "data", "opts"}]`` or tuples."""
         specs = self.core.specs_from_bulk(jobs)
+        if fastbulk.usable(self, len(specs)):
+            return [self._job_from_added(a) for a in fastbulk.add_bulk(self, specs)]
         tracing = tracehook.tracing()
         if tracing is not None and specs:
             with tracing.producing(self.core.name, specs[0].name, len(specs)) as tp:

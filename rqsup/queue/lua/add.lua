@@ -93,9 +93,12 @@ for i = 0, n - 1 do
   local did = ARGV[b + 8]
   local outcome = 1
   local kept = nil
-  local mode, flags = string.match(ARGV[b + 9], '^([%w_]*)(.*)$'), {}
-  for flag in string.gmatch(string.sub(ARGV[b + 9], #mode + 1), '+([%w_]+)') do
-    flags[flag] = true
+  local mode, flags = '', {}
+  if did ~= '' then  -- the dedup mode and its flags matter only with a dedup id
+    mode = string.match(ARGV[b + 9], '^([%w_]*)(.*)$')
+    for flag in string.gmatch(string.sub(ARGV[b + 9], #mode + 1), '+([%w_]+)') do
+      flags[flag] = true
+    end
   end
   if id ~= '' and redis.call('EXISTS', PREFIX .. id) == 1 then
     outcome = 0

@@ -20,7 +20,8 @@ end
 -- The queue settings every call reads at its start, in one command (a call
 -- that changes one of them reads it again itself: limits.lua, pause.lua).
 local META = redis.call('HMGET', k.meta, 'max_events', 'history_s', 'concurrency')
-local MAXLEN = tonumber(META[1]) or 10000
+-- As a string: Redis 7.0 formats every Lua number given to a command anew.
+local MAXLEN = tostring(tonumber(META[1]) or 10000)
 
 -- Append one event to the capped stream; returns the stream id.
 local function emit(...)
@@ -192,13 +193,15 @@ local function store_job(q, a, now, auto, reply_to)
   end
   local delay, priority = tonumber(a[5]), tonumber(a[6])
   local jk = (q and q.job or PREFIX) .. id
+  -- delay and priority as sent (decimal integers from the client): no
+  -- number to format again
   if reply_to then
     redis.call('HSET', jk, 'name', a[2], 'data', a[3], 'opts', a[4], 'timestamp', now,
-      'delay', delay, 'priority', priority, 'attempts', a[8], 'attempts_made', '0',
+      'delay', a[5], 'priority', a[6], 'attempts', a[8], 'attempts_made', '0',
       'reply_to', reply_to)
   else
     redis.call('HSET', jk, 'name', a[2], 'data', a[3], 'opts', a[4], 'timestamp', now,
-      'delay', delay, 'priority', priority, 'attempts', a[8], 'attempts_made', '0')
+      'delay', a[5], 'priority', a[6], 'attempts', a[8], 'attempts_made', '0')
   end
   if a[9] ~= '' then
     redis.call('HSET', jk, 'dedup_id', a[9])
