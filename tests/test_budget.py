@@ -29,7 +29,7 @@ BUDGET = {
     "complete, no claim": 15,
     "complete and claim the next": 31,
     "claim, per job of a batch of 10": 4.6,
-    "complete, per job of a batch of 10 with retention": 9.2,
+    "complete, per job of a batch of 10 with retention": 7.4,
 }
 #: Round trips (EVALSHA calls) per job of an async worker at concurrency 1
 #: over a full queue: the complete of one job carries the claim of the next.

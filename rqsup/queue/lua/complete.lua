@@ -33,14 +33,32 @@ local trimmed = false
 -- the 5th value), then the job's parent (flows), dedup id and reply list.
 local READ = {'processed_on', 'timestamp', 'delay', 'attempts_started', 'ended', 'parent',
   'dedup_id', 'reply_to'}
+-- The jobs this call completes leave active (and their worker's set) in one
+-- ZREM and one SREM per worker after the loop (before the claim, which
+-- counts active against the concurrency cap).
+local left, by_worker, done = {}, {}, {}
+local now_s = tostring(now)
 for i = 0, c - 1 do
   local b = 5 + i * 5
   local id, token = ARGV[b], ARGV[b + 1]
+  if done[id] then
+    -- The same job twice in one call: it leaves active now, so that the
+    -- lease check answers as it would in a later call (the batch's ZREM and
+    -- SREM then find it gone, which costs nothing).
+    redis.call('ZREM', k.active, id)
+    if done[id] ~= '' then redis.call('SREM', P.worker_jobs .. done[id], id) end
+  end
   local held, worker, made, seen = checked_lease(id, token, 'completed', now, 'attempts_made',
     READ)
   if held == 1 then
-    deactivate(id, worker)
-    redis.call('HSET', PREFIX .. id, 'returnvalue', ARGV[b + 2], 'finished_on', now,
+    done[id] = worker or ''
+    left[#left + 1] = id
+    if worker and worker ~= '' then
+      local ids = by_worker[worker] or {}
+      ids[#ids + 1] = id
+      by_worker[worker] = ids
+    end
+    redis.call('HSET', PREFIX .. id, 'returnvalue', ARGV[b + 2], 'finished_on', now_s,
       'ended', 'completed', 'attempts_made', made + 1)
     emit('event', 'completed', 'id', id, 'returnvalue', ARGV[b + 2])
     history_record('c', seen, now)
@@ -53,6 +71,14 @@ for i = 0, c - 1 do
     codes[#codes + 1] = 0
   else
     codes[#codes + 1] = held
+  end
+end
+for j = 1, #left, 500 do
+  redis.call('ZREM', k.active, unpack(left, j, math.min(j + 499, #left)))
+end
+for wk, ids in pairs(by_worker) do
+  for j = 1, #ids, 500 do
+    redis.call('SREM', P.worker_jobs .. wk, unpack(ids, j, math.min(j + 499, #ids)))
   end
 end
 if trimmed and tonumber(ARGV[8]) ~= 0 then
