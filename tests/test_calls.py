@@ -23,10 +23,6 @@ pytestmark = pytest.mark.also_on_cluster
 async def proc(job: ActiveJob) -> Any:
     if job.data == "boom":
         raise ValueError("boom went the job")
-    if job.data == "slow":
-        import asyncio
-
-        await asyncio.sleep(30)
     return {"got": job.data}
 
 

@@ -49,6 +49,14 @@ def _dedup_mode(dedup: Mapping[str, Any]) -> str:
     return str(dedup.get("mode", "")) + "".join("+" + short.get(f, f) for f in flags)
 
 
+def _add_argv(chunk: list[AddSpec]) -> list[Any]:
+    """add.lua's ARGV for one chunk: N, then each job's 11 values."""
+    args: list[Any] = [len(chunk)]
+    for s in chunk:
+        args.extend(s.args)
+    return args
+
+
 def added_from(specs: list[AddSpec], entries: list[Any]) -> list[Added]:
     """What add.lua did with each job, from its reply entries."""
     out = []
@@ -183,9 +191,7 @@ class QueueCore(AdminOps, DepsOps, ReadOps, HistoryOps):
         for g in range(0, len(chunks), ADD_CHUNKS_PER_CALL):
             reqs = []
             for chunk in chunks[g : g + ADD_CHUNKS_PER_CALL]:
-                args: list[Any] = [len(chunk)]
-                for s in chunk:
-                    args.extend(s.args)
+                args = _add_argv(chunk)
                 if reply_to is not None:
                     args.append(reply_to)
                 reqs.append(self.script("add", *args))
@@ -199,10 +205,7 @@ class QueueCore(AdminOps, DepsOps, ReadOps, HistoryOps):
 
     def add_args(self, chunk: list[AddSpec]) -> tuple[Any, ...]:
         """The EVALSHA of add.lua for one chunk (fastbulk packs it itself)."""
-        args: list[Any] = ["EVALSHA", SCRIPTS["add"].sha, 1, self.key_list[0], len(chunk)]
-        for s in chunk:
-            args.extend(s.args)
-        return tuple(args)
+        return ("EVALSHA", SCRIPTS["add"].sha, 1, self.key_list[0], *_add_argv(chunk))
 
     # -- deduplication --------------------------------------------------------
 

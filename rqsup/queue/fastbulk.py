@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from rqsup.queue import connection
+from rqsup.queue import connection, fastadd
 from rqsup.queue.core import ADD_CHUNK, Added, AddSpec, added_from
 
 if TYPE_CHECKING:
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
 def usable(queue: Queue, n: int) -> bool:
     """Worth it (more than one chunk) and nothing unusual (fastadd.usable)."""
-    from rqsup.queue import fastadd
-
     return n > ADD_CHUNK and connection._pack is not None and fastadd.usable(queue, {})
 
 

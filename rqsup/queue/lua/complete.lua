@@ -45,8 +45,7 @@ for i = 0, c - 1 do
     -- The same job twice in one call: it leaves active now, so that the
     -- lease check answers as it would in a later call (the batch's ZREM and
     -- SREM then find it gone, which costs nothing).
-    redis.call('ZREM', k.active, id)
-    if done[id] ~= '' then redis.call('SREM', P.worker_jobs .. done[id], id) end
+    deactivate(id, done[id])
   end
   local held, worker, made, seen = checked_lease(id, token, 'completed', now, 'attempts_made',
     READ)

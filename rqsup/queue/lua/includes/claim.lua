@@ -131,7 +131,6 @@ local function activate_all(good, worker, deadline, now, out)
   end
 end
 
-
 -- Hand-off: a worker whose claim came back short registers in k.idle (member
 -- "<lease_ms>|<worker>", score = expiry) while it blocks on its inbox and the
 -- marker. An add then claims a job for it directly and puts {id, token, hash}
